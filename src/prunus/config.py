@@ -1,0 +1,65 @@
+"""Validated settings (pydantic). Every user-facing knob is checked here, once, with an error
+that names the field and its allowed values."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from prunus.errors import PrunusError
+
+OptimizerName = Literal["sgd", "adam", "adamw"]
+ScheduleName = Literal["constant", "cosine", "step", "onecycle"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainConfig(StrictModel):
+    """How one model is trained: schedule, optimizer, batch size, seed, device."""
+
+    epochs: int = Field(10, ge=1, description="passes over the (selected) training data")
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    optimizer: OptimizerName = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: ScheduleName = "onecycle"
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of steps spent warming up")
+    step_size: float = Field(0.3, gt=0, le=1, description="'step' schedule: decay every fraction")
+    gamma: float = Field(0.1, gt=0, le=1, description="'step' schedule: decay factor")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    amp: bool = False
+    compile: bool = False
+    eval_every: int | None = Field(
+        None, ge=1, description="evaluate every this many steps as well as after each epoch"
+    )
+
+
+def validated(model_cls: type[BaseModel], values: dict, where: str = "") -> BaseModel:
+    """Build ``model_cls`` from ``values`` or raise one-sentence :class:`PrunusError`."""
+    try:
+        return model_cls(**values)
+    except ValidationError as exc:
+        raise PrunusError(describe_validation_error(exc, where)) from None
+
+
+def describe_validation_error(exc: ValidationError, where: str = "") -> str:
+    """The first validation problem as one sentence naming the field and what is allowed."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+    if where:
+        field = f"{where}.{field}" if field else where
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        return f"{field} is not a known setting; remove it or check its spelling."
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{field} must be one of {allowed} (got {got!r})."
+    return f"{field}: {err['msg'].rstrip('.')} (got {got!r})."

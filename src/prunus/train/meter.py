@@ -1,0 +1,111 @@
+"""Compute meter: wall seconds by phase, examples forwarded/backpropagated, FLOPs, memory."""
+
+from __future__ import annotations
+
+import copy
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+PHASES = ("train", "eval", "scoring", "selection")
+
+
+@dataclass
+class ComputeMeter:
+    """Counts what a run spends.
+
+    FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, measured once per example
+    shape (forward and backward apart) and scaled by the number of examples; ``density`` (set
+    by weight-sparsity callbacks) scales them to the *theoretical* cost of a sparse model.
+    """
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    examples_forwarded: int = 0
+    examples_backpropagated: int = 0
+    flops: float = 0.0
+    density: float = 1.0
+    _per_example: dict[tuple, tuple[float, float]] = field(default_factory=dict, repr=False)
+
+    @contextmanager
+    def timing(self, phase: str):
+        """Add the wall time of the ``with`` block to ``phase``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def charge(self, phase: str, seconds: float, flops: float = 0.0) -> None:
+        """Charge work done elsewhere (e.g. a share of a cached score table's cost)."""
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+        self.flops += flops
+
+    def count(
+        self, model: nn.Module, x: torch.Tensor, forwarded: int, backpropagated: int
+    ) -> None:
+        """Count ``forwarded`` forward passes and ``backpropagated`` backward passes of
+        examples shaped like ``x[0]``."""
+        fwd, bwd = self.flops_per_example(model, x)
+        self.examples_forwarded += forwarded
+        self.examples_backpropagated += backpropagated
+        self.flops += self.density * (fwd * forwarded + bwd * backpropagated)
+
+    def flops_per_example(self, model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+        key = (tuple(x.shape[1:]), x.dtype)
+        if key not in self._per_example:
+            self._per_example[key] = measure_flops(model, x[:8])
+        return self._per_example[key]
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def snapshot(self) -> dict[str, float]:
+        """Cumulative counters as a flat dict (for per-epoch rows)."""
+        row = {f"{phase}_seconds": s for phase, s in self.seconds.items()}
+        row.update(
+            total_seconds=self.total_seconds,
+            examples_forwarded=self.examples_forwarded,
+            examples_backpropagated=self.examples_backpropagated,
+            flops=self.flops,
+            peak_memory_mb=peak_memory_mb(),
+        )
+        return row
+
+
+def measure_flops(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """(forward, backward) FLOPs per example of ``model`` on a batch like ``x``.
+
+    Runs on a copy of the model so that gradients, batch-norm statistics and RNG state of the
+    real run are untouched.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    probe = copy.deepcopy(model)
+    probe.train(model.training)
+    rng = torch.get_rng_state()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            out = probe(x)
+        forward = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            out = probe(x)
+            out.float().sum().backward()
+        both = counter.get_total_flops()
+    finally:
+        torch.set_rng_state(rng)
+    n = max(len(x), 1)
+    return forward / n, max(both - forward, 0) / n
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process (CUDA allocator peak when a GPU is in use)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024

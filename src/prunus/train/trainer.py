@@ -1,0 +1,310 @@
+"""The prunus training loop: plain PyTorch, events for callbacks, a compute meter."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunus.config import TrainConfig, validated
+from prunus.datasets.base import Dataset
+from prunus.errors import PrunusError
+from prunus.train.events import Callback, Event, EventDispatcher
+from prunus.train.meter import ComputeMeter
+
+
+@dataclass
+class Batch:
+    """One mini-batch: example ids, inputs, labels and optional per-example loss weights."""
+
+    ids: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    weights: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, keep: torch.Tensor) -> Batch:
+        """The examples where ``keep`` (bool mask or index tensor) selects."""
+        weights = None if self.weights is None else self.weights[keep]
+        return Batch(self.ids[keep], self.x[keep], self.y[keep], weights)
+
+
+@dataclass
+class State:
+    """Everything a callback may read or change while a model trains."""
+
+    model: nn.Module
+    train: Dataset
+    eval: Dataset | None
+    config: TrainConfig
+    device: torch.device
+    meter: ComputeMeter
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    epoch: int = 0
+    step: int = 0
+    total_steps: int = 0
+    epoch_ids: np.ndarray | None = None
+    epoch_weights: np.ndarray | None = None
+    batch: Batch | None = None
+    outputs: torch.Tensor | None = None
+    per_example_loss: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    backpropagated: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    stop: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions in the training arrays of the given ids."""
+        if self.extra.get("ids_are_positions"):
+            return np.asarray(ids, dtype=np.int64)
+        return self.train.positions(ids)
+
+
+@dataclass
+class TrainResult:
+    """What ``Trainer.fit`` returns: per-evaluation rows and the final numbers."""
+
+    history: list[dict[str, Any]]
+    meter: ComputeMeter
+    model: nn.Module
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+class Trainer:
+    """Train a classifier on a :class:`Dataset`, evaluating on its test split each epoch.
+
+    Args:
+        model: any ``nn.Module`` mapping a batch of ``x`` to logits.
+        dataset: training data (its ``test`` split is evaluated unless ``eval_dataset`` is given).
+        callbacks: objects with ``on_<event>(state)`` methods (see :mod:`prunus.train.events`).
+        config: a :class:`TrainConfig`, or its fields as keywords (``epochs=10``, ``lr=3e-3``…).
+
+    Raises:
+        PrunusError: bad settings, or a loss that becomes NaN/infinite.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        callbacks: Sequence[Callback] = (),
+        config: TrainConfig | None = None,
+        eval_dataset: Dataset | None = None,
+        **settings: Any,
+    ) -> None:
+        if config is None:
+            config = validated(TrainConfig, settings, "train")
+        elif settings:
+            config = validated(TrainConfig, {**config.model_dump(), **settings}, "train")
+        self.config = config
+        self.model = model
+        self.dataset = dataset
+        self.eval_dataset = eval_dataset if eval_dataset is not None else dataset.test
+        self.callbacks = list(callbacks)
+
+    def fit(self) -> TrainResult:
+        """Run the whole schedule; returns the history of evaluations and the meter."""
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        device = resolve_device(cfg.device)
+        model = self.model.to(device)
+        state = State(
+            model=model,
+            train=self.dataset,
+            eval=self.eval_dataset,
+            config=cfg,
+            device=device,
+            meter=ComputeMeter(),
+        )
+        state.extra["ids_are_positions"] = bool(
+            np.array_equal(self.dataset.ids, np.arange(len(self.dataset)))
+        )
+        x_all = torch.from_numpy(self.dataset.x).to(device)
+        y_all = torch.from_numpy(self.dataset.y).to(device)
+        ids_all = torch.from_numpy(self.dataset.ids).to(device)
+        fire = EventDispatcher(self.callbacks)
+        forward = torch.compile(model) if cfg.compile else model
+        amp = cfg.amp and device.type == "cuda"
+
+        state.total_steps = cfg.epochs * math.ceil(len(self.dataset) / cfg.batch_size)
+        state.optimizer = build_optimizer(model, cfg)
+        fire(Event.FIT_START, state)
+        state.scheduler = build_scheduler(state.optimizer, cfg, max(state.total_steps, 1))
+
+        for epoch in range(cfg.epochs):
+            state.epoch = epoch
+            state.epoch_ids, state.epoch_weights = None, None
+            fire(Event.EPOCH_START, state)
+            with state.meter.timing("train"):
+                if state.epoch_ids is None:
+                    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.dataset))
+                    state.epoch_ids = self.dataset.ids[order]
+                    rows = torch.from_numpy(order).to(device)
+                else:
+                    rows = torch.from_numpy(state.positions(state.epoch_ids)).to(device)
+                weights_all = (
+                    None
+                    if state.epoch_weights is None
+                    else torch.as_tensor(state.epoch_weights, dtype=torch.float32, device=device)
+                )
+                model.train()
+                for start in range(0, len(rows), cfg.batch_size):
+                    idx = rows[start : start + cfg.batch_size]
+                    weights = None if weights_all is None else weights_all[start : start + cfg.batch_size]
+                    state.batch = Batch(ids_all[idx], x_all[idx], y_all[idx], weights)
+                    state.backpropagated = None
+                    self._step(state, forward, fire, amp)
+                    if state.stop:
+                        break
+            self._evaluate(state, fire, end_of_epoch=True)
+            fire(Event.EPOCH_END, state)
+            if state.stop:
+                break
+        fire(Event.FIT_END, state)
+        return TrainResult(state.history, state.meter, model)
+
+    def _step(self, state: State, forward: nn.Module, fire: EventDispatcher, amp: bool) -> None:
+        cfg = self.config
+        fire(Event.BATCH_START, state)
+        batch = state.batch
+        if batch is None or len(batch) == 0:
+            return
+        with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=amp):
+            state.outputs = forward(batch.x)
+            fire(Event.AFTER_FORWARD, state)
+            state.per_example_loss = F.cross_entropy(
+                state.outputs.float(), batch.y, reduction="none", label_smoothing=cfg.label_smoothing
+            )
+        if batch.weights is None:
+            state.loss = state.per_example_loss.mean()
+        else:
+            state.loss = (state.per_example_loss * batch.weights).mean()
+        fire(Event.AFTER_LOSS, state)
+        if not torch.isfinite(state.loss):
+            raise PrunusError(
+                f"the training loss became {state.loss.item()} at epoch {state.epoch + 1}, "
+                f"step {state.step + 1}; lower lr (now {cfg.lr}) or check the data for outliers."
+            )
+        state.optimizer.zero_grad(set_to_none=True)
+        state.loss.backward()
+        fire(Event.AFTER_BACKWARD, state)
+        state.optimizer.step()
+        if state.step < state.total_steps:
+            state.scheduler.step()
+        state.step += 1
+        fire(Event.AFTER_STEP, state)
+        backpropagated = len(batch) if state.backpropagated is None else state.backpropagated
+        state.meter.count(state.model, batch.x, len(batch), backpropagated)
+        fire(Event.BATCH_END, state)
+        if cfg.eval_every and state.step % cfg.eval_every == 0:
+            self._evaluate(state, fire, end_of_epoch=False)
+
+    @torch.no_grad()
+    def _evaluate(self, state: State, fire: EventDispatcher, end_of_epoch: bool) -> None:
+        row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "end_of_epoch": end_of_epoch}
+        if self.eval_dataset is not None:
+            with state.meter.timing("eval"):
+                row.update(evaluate(state.model, self.eval_dataset, self.config.eval_batch_size, state.device))
+        row["lr"] = state.optimizer.param_groups[0]["lr"]
+        row.update(state.meter.snapshot())
+        state.last_eval = row
+        state.history.append(row)
+        fire(Event.EVALUATION, state)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: Dataset, batch_size: int = 1024, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``dataset`` (model left in eval mode)."""
+    was_training = model.training
+    model.eval()
+    correct, total_loss = 0, 0.0
+    for start in range(0, len(dataset), batch_size):
+        x = torch.from_numpy(dataset.x[start : start + batch_size]).to(device)
+        y = torch.from_numpy(dataset.y[start : start + batch_size]).to(device)
+        logits = model(x).float()
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    n = len(dataset)
+    return {"accuracy": correct / n, "loss": total_loss / n}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PrunusError(f"device must be 'auto', 'cpu' or 'cuda[:N]' (got {name!r}).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PrunusError("device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'.")
+    return device
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum), Adam or AdamW over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base LR at ``step`` of ``total`` for the configured schedule.
+
+    constant: 1 after warmup. cosine: linear warmup, then cosine to 0. step: ×gamma every
+    ``step_size`` of training. onecycle: linear warmup from 1/25, then cosine to ~0.
+    """
+    warm = int(cfg.warmup * total)
+    if cfg.schedule == "onecycle":
+        warm = max(warm, 1)
+        if step < warm:
+            return 1 / 25 + (1 - 1 / 25) * step / warm
+        progress = (step - warm) / max(total - warm, 1)
+        return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        progress = (step - warm) / max(total - warm, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    period = max(int(cfg.step_size * total), 1)
+    return cfg.gamma ** (step // period)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """A ``LambdaLR`` following :func:`lr_factor` over ``total_steps`` steps."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, cfg)
+    )
+
+
+def timed(fn, *args, **kwargs) -> tuple[Any, float]:
+    """Call ``fn`` and return (result, wall seconds)."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
