@@ -103,11 +103,18 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
 ) -> None:
     """Train one model and print accuracy and compute per epoch."""
+    from prunus.config import TrainConfig, validated
     from prunus.datasets import load
     from prunus.models import build_model
     from prunus.train import Trainer
     from prunus.train.progress import RichProgress
 
+    config = validated(
+        TrainConfig,
+        dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+             schedule=schedule, seed=seed, device=device),
+        "train",
+    )
     data = load(dataset, noise=noise, **parse_options(option))
     net = build_model(model, data.input_shape, data.num_classes, seed=seed)
     callbacks = []
@@ -117,11 +124,7 @@ def train(
         callbacks.append(get_online(online, keep=keep, seed=seed))
     if not as_json:
         callbacks.append(RichProgress(console=err_console))
-    trainer = Trainer(
-        net, data, callbacks=callbacks, epochs=epochs, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, schedule=schedule, seed=seed, device=device,
-    )
-    result = trainer.fit()
+    result = Trainer(net, data, callbacks=callbacks, config=config).fit()
     rows = [r for r in result.history if r["end_of_epoch"]]
     if as_json:
         summary = {"dataset": data.summary(), "model": model, "seed": seed, "epochs": rows}

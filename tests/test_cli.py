@@ -1,0 +1,77 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from prunus import cli
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    """Run the CLI in-process the way the console script does (user errors exit 2)."""
+    try:
+        cli.main(list(args))
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
+def test_help_lists_commands():
+    cli._register_families()
+    result = runner.invoke(cli.app, ["--help"])
+    assert result.exit_code == 0
+    assert "train" in result.output and "datasets" in result.output
+
+
+def test_datasets_list_and_show(capsys):
+    assert invoke("datasets", "list") == 0
+    out = capsys.readouterr().out
+    assert "digits" in out and "mnist5k" in out and "mnist1d" in out
+    assert invoke("datasets", "show", "digits") == 0
+    assert "fingerprint" in capsys.readouterr().out
+
+
+def test_train_json_on_digits(capsys):
+    code = invoke("train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--json")
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["epochs"][0]["accuracy"] > 0.5
+    assert result["epochs"][0]["examples_forwarded"] == result["dataset"]["train"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--dataset", "nope"], "dataset must be one of"),
+        (["train", "--dataset", "digits", "--model", "vgg99"], "model must be one of"),
+        (["train", "--dataset", "digits", "--optimizer", "adagrad"], "train.optimizer"),
+        (["train", "--dataset", "digits", "--noise", "1.5"], "noise"),
+        (["datasets", "show", "digits", "-o", "colour=red"], "option of dataset"),
+        (["datasets", "show", "digits", "-o", "oops"], "name=value"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(args, message, capsys):
+    assert invoke(*args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_one_class_file_is_rejected(tmp_path, capsys):
+    path = tmp_path / "one.npz"
+    np.savez(path, x=np.zeros((10, 3), dtype=np.float32), y=np.zeros(10, dtype=np.int64))
+    assert invoke("datasets", "show", str(path)) == 2
+    assert "single class" in capsys.readouterr().err
+
+
+def test_console_script_exit_status():
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunus.cli", "train", "--dataset", "nope"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "dataset must be one of" in proc.stderr and "Traceback" not in proc.stderr

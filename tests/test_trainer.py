@@ -1,0 +1,149 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prunus.config import TrainConfig
+from prunus.errors import PrunusError
+from prunus.models import build_model
+from prunus.train import Callback, Trainer, measure_flops
+from prunus.train.trainer import lr_factor
+
+
+def fit(dataset, seed=0, callbacks=(), **settings):
+    model = build_model("mlp", dataset.input_shape, dataset.num_classes, seed=seed, hidden=(16,))
+    settings = {"epochs": 2, "batch_size": 32, "seed": seed, **settings}
+    return Trainer(model, dataset, callbacks=list(callbacks), **settings).fit()
+
+
+def test_same_seed_gives_identical_metrics(blobs):
+    first = fit(blobs, seed=3)
+    second = fit(blobs, seed=3)
+    keys = ("accuracy", "loss", "examples_forwarded", "flops", "lr")
+    assert [[r[k] for k in keys] for r in first.history] == [[r[k] for k in keys] for r in second.history]
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+    third = fit(blobs, seed=4)
+    assert first.history[-1]["loss"] != third.history[-1]["loss"]
+
+
+class Recorder(Callback):
+    """Records every event by overriding all handlers explicitly."""
+
+    def __init__(self):
+        self.events = []
+
+
+for _event in (
+    "fit_start", "epoch_start", "batch_start", "after_forward", "after_loss", "after_backward",
+    "after_step", "batch_end", "epoch_end", "evaluation", "fit_end",
+):
+    setattr(Recorder, f"on_{_event}", (lambda e: lambda self, state: self.events.append(e))(_event))
+
+
+def test_callback_order(blobs):
+    recorder = Recorder()
+    small = blobs.subset(blobs.ids[:64])
+    fit(small, callbacks=[recorder], epochs=1, batch_size=32)
+    step = ["batch_start", "after_forward", "after_loss", "after_backward", "after_step", "batch_end"]
+    expected = ["fit_start", "epoch_start", *step, *step, "evaluation", "epoch_end", "fit_end"]
+    assert recorder.events == expected
+
+
+def test_epoch_ids_and_weights_from_a_callback_are_used(blobs):
+    chosen = blobs.ids[::4][:50]
+
+    class KeepQuarter(Callback):
+        seen: list = []
+
+        def on_epoch_start(self, state):
+            state.epoch_ids = chosen
+            state.epoch_weights = np.full(len(chosen), 2.0)
+
+        def on_batch_start(self, state):
+            self.seen.extend(state.batch.ids.tolist())
+            assert torch.all(state.batch.weights == 2.0)
+
+    result = fit(blobs, callbacks=[KeepQuarter()], epochs=2, batch_size=16)
+    assert KeepQuarter.seen == chosen.tolist() * 2
+    assert result.meter.examples_forwarded == 100 == result.meter.examples_backpropagated
+
+
+def test_batch_replacement_counts_backprop_separately(blobs):
+    class HalfBatch(Callback):
+        def on_batch_start(self, state):
+            batch = state.batch
+            state.meter.count(state.model, batch.x, forwarded=len(batch), backpropagated=0)
+            state.batch = batch.select(torch.arange(len(batch)) % 2 == 0)
+
+    result = fit(blobs, callbacks=[HalfBatch()], epochs=1, batch_size=40)
+    assert result.meter.examples_backpropagated == 120
+    assert result.meter.examples_forwarded == 240 + 120
+
+
+def test_flop_meter_counts_two_in_out_per_linear():
+    model = nn.Sequential(nn.Linear(10, 7), nn.ReLU(), nn.Linear(7, 3))
+    forward, backward = measure_flops(model, torch.randn(8, 10))
+    assert forward == 2 * 10 * 7 + 2 * 7 * 3
+    # backward: grads of inputs and weights for the second layer, weights only for the first
+    assert backward == 2 * (2 * 7 * 3) + 2 * 10 * 7
+
+
+def test_flops_are_accumulated_per_example(blobs):
+    result = fit(blobs, epochs=1, batch_size=32)
+    fwd, bwd = result.meter.flops_per_example(result.model, torch.zeros(1, 8))
+    assert fwd == 2 * 8 * 16 + 2 * 16 * 3
+    assert result.meter.flops == pytest.approx(240 * (fwd + bwd))
+
+
+def test_nan_loss_is_a_clear_error(blobs):
+    class Poison(Callback):
+        def on_after_loss(self, state):
+            state.loss = state.loss * float("nan")
+
+    with pytest.raises(PrunusError, match="loss became nan"):
+        fit(blobs, callbacks=[Poison()], epochs=1)
+
+
+def test_bad_setting_names_the_field(blobs):
+    with pytest.raises(PrunusError, match="train.optimizer"):
+        fit(blobs, optimizer="adagrad")
+    with pytest.raises(PrunusError, match="train.epochs"):
+        fit(blobs, epochs=0)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step", "onecycle"])
+def test_lr_schedules(schedule):
+    cfg = TrainConfig(schedule=schedule, warmup=0.1, step_size=0.5, gamma=0.1)
+    total = 100
+    factors = [lr_factor(s, total, cfg) for s in range(total)]
+    assert max(factors) == pytest.approx(1.0)
+    if schedule == "cosine":
+        assert factors[10] == pytest.approx(1.0)
+        assert factors[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    if schedule == "step":
+        assert factors[49] == 1.0 and factors[50] == pytest.approx(0.1)
+    if schedule == "onecycle":
+        assert factors[0] == pytest.approx(1 / 25) and factors[-1] < 0.01
+
+
+def test_total_steps_can_be_shortened_at_fit_start(blobs):
+    class Shorten(Callback):
+        def on_fit_start(self, state):
+            state.total_steps = 4
+
+    result = fit(blobs, callbacks=[Shorten()], epochs=1, batch_size=32, schedule="cosine", warmup=0)
+    assert result.history[-1]["lr"] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi)), abs=1e-12)
+
+
+def test_eval_every_adds_intermediate_evaluations(blobs):
+    result = fit(blobs, epochs=1, batch_size=30, eval_every=4)
+    assert [r["step"] for r in result.history] == [4, 8, 8]
+    assert [r["end_of_epoch"] for r in result.history] == [False, False, True]
+
+
+def test_learns_blobs(blobs):
+    result = fit(blobs, epochs=5)
+    assert result.history[-1]["accuracy"] > 0.9
