@@ -12,7 +12,7 @@ Order inside one step::
 (per-id loss weights aligned to them). ``batch_start`` may replace ``state.batch`` (e.g. after
 a forward pass without gradients to pick a subset). ``after_loss`` may replace ``state.loss``
 (built from ``state.per_example_loss``). ``fit_start`` may change ``state.total_steps`` (the
-LR schedule is built after it).
+LR schedule is built after it); ``epoch_start`` may revise it too (the schedule reads it live).
 """
 
 from __future__ import annotations

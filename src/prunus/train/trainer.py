@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,7 +144,9 @@ class Trainer:
         state.total_steps = cfg.epochs * math.ceil(len(self.dataset) / cfg.batch_size)
         state.optimizer = build_optimizer(model, cfg)
         fire(Event.FIT_START, state)
-        state.scheduler = build_scheduler(state.optimizer, cfg, max(state.total_steps, 1))
+        # The schedule reads state.total_steps live, so a callback that learns its epoch sizes
+        # as it goes (e.g. InfoBatch) may revise it at epoch_start.
+        state.scheduler = build_scheduler(state.optimizer, cfg, lambda: max(state.total_steps, 1))
 
         for epoch in range(cfg.epochs):
             state.epoch = epoch
@@ -296,10 +298,14 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.gamma ** (step // period)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    """A ``LambdaLR`` following :func:`lr_factor` over ``total_steps`` steps."""
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int | Callable[[], int]
+):
+    """A ``LambdaLR`` following :func:`lr_factor` over ``total_steps`` steps (an int, or a
+    function returning the current total when the schedule length may change during training)."""
+    total = total_steps if callable(total_steps) else (lambda: total_steps)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, cfg)
+        optimizer, lambda step: lr_factor(step, total(), cfg)
     )
 
 
