@@ -7,9 +7,10 @@ from importlib import resources
 
 import numpy as np
 
+from prunus.datasets.adapters import stratified_split
 from prunus.datasets.base import Dataset
 from prunus.datasets.registry import register
-from prunus.errors import PrunusError, require
+from prunus.errors import require
 
 
 def split_arrays(
@@ -22,16 +23,7 @@ def split_arrays(
     options: dict,
 ) -> Dataset:
     """Stratified, seeded train/test split; ids are the row positions in the source data."""
-    if not 0.0 < test_fraction < 1.0:
-        raise PrunusError(f"test_fraction must be in (0, 1) (got {test_fraction!r}).")
-    rng = np.random.default_rng(seed)
-    test_rows = []
-    for label in range(num_classes):
-        rows = np.flatnonzero(y == label)
-        rng.shuffle(rows)
-        test_rows.append(rows[: int(round(test_fraction * len(rows)))])
-    test_rows = np.sort(np.concatenate(test_rows))
-    train_rows = np.setdiff1d(np.arange(len(y)), test_rows)
+    train_rows, test_rows = stratified_split(y, test_fraction, seed)
     ids = np.arange(len(y), dtype=np.int64)
     test = Dataset(name, ids[test_rows], x[test_rows], y[test_rows], num_classes)
     return Dataset(

@@ -1,0 +1,450 @@
+"""Bring your own data: numpy arrays, ``.npz``, Parquet, CSV, a saved Hugging Face dataset, or a
+torch ``Dataset``, turned into a :class:`~prunus.datasets.Dataset` with stable example ids.
+
+Every adapter ends in :func:`from_arrays`, so the rules are the same everywhere:
+
+* labels are class indices 0..C-1; string labels are mapped to indices in sorted order (the
+  names are kept in ``dataset.options["classes"]``);
+* ids are the given ids (an ``id`` column or array) or else the row positions in the source,
+  test rows continuing after the training ones;
+* without a test split, a stratified, seeded ``test_fraction`` of each class is held out (ids
+  stay the row positions, so the same file and seed always give the same split).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prunus.datasets.base import Dataset
+from prunus.errors import PrunusError, choice_error, require
+
+SPLIT_OPTIONS = ("name", "num_classes", "seed", "test_fraction")
+TABLE_OPTIONS = SPLIT_OPTIONS + ("features", "id", "label")
+
+
+def from_arrays(
+    x: Any,
+    y: Any,
+    ids: Any = None,
+    x_test: Any = None,
+    y_test: Any = None,
+    ids_test: Any = None,
+    num_classes: int | None = None,
+    name: str = "arrays",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """Build a :class:`Dataset` from arrays (anything ``np.asarray`` accepts).
+
+    Args:
+        x: features, one row per example, shape (N, ...); a 1-D array is one feature.
+        y: labels, shape (N,): integers 0..C-1, or strings (mapped to indices in sorted order).
+        ids: unique integer example ids, shape (N,). Default: ``0..N-1``.
+        x_test, y_test: an explicit test split. Default None: hold out ``test_fraction``.
+        ids_test: ids of the test rows. Default: continue after the largest training id.
+        num_classes: number of classes. Default: largest label + 1 (or the number of names).
+        name: the dataset's name in logs and reports. Default ``"arrays"``.
+        test_fraction: share of each class held out when no test split is given. Default 0.2.
+        seed: seed of that split. Default 0.
+
+    Raises:
+        PrunusError: labels not 1-D, NaN labels or features, empty data, a single class,
+            negative or non-integer labels, repeated ids, bad ``test_fraction``.
+    """
+    x = _features(x, name)
+    y_names = None
+    if (x_test is None) != (y_test is None):
+        raise PrunusError(f"{name}: give both x_test and y_test, or neither.")
+    y = _labels_shape(y, len(x), name, "y")
+    if x_test is not None:
+        x_test = _features(x_test, name + " (test)")
+        y_test = _labels_shape(y_test, len(x_test), name, "y_test")
+    y, y_test, y_names = _class_indices(y, y_test, name)
+    if num_classes is None:
+        top = max(int(y.max()), -1 if y_test is None or not len(y_test) else int(y_test.max()))
+        num_classes = len(y_names) if y_names is not None else top + 1
+    num_classes = int(num_classes)
+    if len(np.unique(y)) < 2:
+        raise PrunusError(
+            f"{name}: the training labels hold a single class; classification needs at least two."
+        )
+    ids = np.arange(len(y), dtype=np.int64) if ids is None else _ids(ids, len(y), name, "ids")
+    options: dict[str, Any] = {}
+    if y_names is not None:
+        options["classes"] = y_names
+
+    if x_test is None:
+        options.update(test_fraction=test_fraction, seed=seed)
+        train_rows, test_rows = stratified_split(y, test_fraction, seed)
+        if len(test_rows) == 0:
+            raise PrunusError(
+                f"{name}: test_fraction={test_fraction} holds out no example of {len(y)}; "
+                "raise test_fraction or give x_test and y_test."
+            )
+        test = Dataset(name, ids[test_rows], x[test_rows], y[test_rows], num_classes)
+        return Dataset(
+            name, ids[train_rows], x[train_rows], y[train_rows], num_classes, test, options=options
+        )
+
+    if ids_test is None:
+        start = int(ids.max()) + 1
+        ids_test = np.arange(start, start + len(y_test), dtype=np.int64)
+    else:
+        ids_test = _ids(ids_test, len(y_test), name, "ids_test")
+    if np.intersect1d(ids, ids_test).size:
+        raise PrunusError(f"{name}: ids_test must not repeat any training id.")
+    test = Dataset(name, ids_test, x_test, y_test, num_classes)
+    return Dataset(name, ids, x, y, num_classes, test, options=options)
+
+
+def from_path(path: str | Path, **options: Any) -> Dataset:
+    """Load a local ``.npz``, ``.parquet`` or ``.csv`` file, or a directory written by
+    Hugging Face ``datasets``' ``save_to_disk``.
+
+    ``.npz``: arrays ``x`` and ``y``, optionally ``ids``, ``x_test``, ``y_test``, ``ids_test``
+    (read with ``allow_pickle=False``). Parquet, CSV and Hugging Face: one row per example;
+    options ``label`` (label column, default ``"label"``), ``id`` (id column, used when present,
+    default ``"id"``), ``features`` (feature columns, default every other numeric column; a
+    column may hold fixed-length lists or arrays). A Hugging Face ``DatasetDict`` uses its
+    ``train`` and, if present, ``test`` splits. Every format also takes ``num_classes``,
+    ``name``, ``test_fraction`` (default 0.2) and ``seed`` (default 0) as in :func:`from_arrays`.
+
+    Raises:
+        PrunusError: missing file, unknown option, missing column or array, bad values.
+        MissingExtraError: a Hugging Face directory without the ``hf`` extra installed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PrunusError(f"dataset path {str(path)!r} does not exist.")
+    options.setdefault("name", path.stem if path.is_file() else path.name)
+    if path.is_dir():
+        if not _is_hf_dir(path):
+            raise PrunusError(
+                f"dataset directory {str(path)!r} is not a Hugging Face dataset saved with "
+                "save_to_disk (no dataset_info.json or dataset_dict.json)."
+            )
+        _check_options(options, TABLE_OPTIONS, path)
+        return _from_hf_dir(path, **options)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        _check_options(options, SPLIT_OPTIONS, path)
+        return _from_npz(path, **options)
+    if suffix in (".parquet", ".csv"):
+        _check_options(options, TABLE_OPTIONS, path)
+        return _from_table(path, **options)
+    raise choice_error("dataset file type", suffix, [".npz", ".parquet", ".csv", "a directory"])
+
+
+def from_torch(
+    dataset: Any,
+    num_classes: int | None = None,
+    test: Any = None,
+    name: str = "torch",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    batch_size: int = 1024,
+) -> Dataset:
+    """Materialise a torch ``Dataset`` (map-style or iterable) of ``(x, y)`` pairs in memory.
+
+    Ids are the positions in the dataset's order (test positions continue after the training
+    ones). ``test`` is an optional second torch dataset for the test split; without it a
+    stratified ``test_fraction`` is held out. ``batch_size`` only sets how many items are
+    collated at a time while reading.
+
+    Raises:
+        PrunusError: items that are not ``(x, y)`` pairs of consistent shape, plus everything
+            :func:`from_arrays` raises.
+    """
+    x, y = _materialise(dataset, batch_size, name)
+    x_test = y_test = None
+    if test is not None:
+        x_test, y_test = _materialise(test, batch_size, name + " (test)")
+    return from_arrays(
+        x,
+        y,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=num_classes,
+        name=name,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+
+
+def stratified_split(
+    y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (sorted) of a seeded split holding out ``round(test_fraction * n_c)`` of each class."""
+    if not isinstance(test_fraction, numbers.Real) or not 0.0 < test_fraction < 1.0:
+        raise PrunusError(f"test_fraction must be a number in (0, 1) (got {test_fraction!r}).")
+    rng = np.random.default_rng(seed)
+    test_rows = []
+    for label in np.unique(y):
+        rows = np.flatnonzero(y == label)
+        rng.shuffle(rows)
+        test_rows.append(rows[: round(test_fraction * len(rows))])
+    test_rows = np.sort(np.concatenate(test_rows)).astype(np.int64)
+    train_rows = np.setdiff1d(np.arange(len(y)), test_rows)
+    return train_rows, test_rows
+
+
+# --------------------------------------------------------------------------- array checks
+
+
+def _features(x: Any, name: str) -> np.ndarray:
+    try:
+        x = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise PrunusError(
+            f"{name}: x must be numeric with one row per example of a fixed shape ({exc})."
+        ) from None
+    if x.ndim == 0:
+        raise PrunusError(f"{name}: x must have one row per example (got a scalar).")
+    return x[:, None] if x.ndim == 1 else x
+
+
+def _labels_shape(y: Any, n: int, name: str, field: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise PrunusError(
+            f"{name}: {field} must be a 1-D array of class labels, one per example "
+            f"(got shape {tuple(y.shape)})."
+        )
+    if len(y) != n:
+        raise PrunusError(f"{name}: {field} has {len(y)} labels for {n} rows of features.")
+    if len(y) == 0:
+        raise PrunusError(f"{name}: the dataset is empty.")
+    return y
+
+
+def _class_indices(
+    y: np.ndarray, y_test: np.ndarray | None, name: str
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """Integer labels as int64; string labels mapped to their index among the sorted names."""
+    both = y if y_test is None else np.concatenate([y, y_test])
+    if both.dtype.kind in "USO":
+        if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in both.tolist()):
+            raise PrunusError(f"{name}: labels contain missing values (NaN or None).")
+        names = sorted({str(v) for v in both.tolist()})
+        lookup = {v: i for i, v in enumerate(names)}
+        y = np.array([lookup[str(v)] for v in y.tolist()], dtype=np.int64)
+        if y_test is not None:
+            y_test = np.array([lookup[str(v)] for v in y_test.tolist()], dtype=np.int64)
+        return y, y_test, names
+    if both.dtype.kind == "b":
+        both = both.astype(np.int64)
+    if both.dtype.kind not in "iuf":
+        raise PrunusError(f"{name}: labels must be integers or strings (got {both.dtype}).")
+    if both.dtype.kind == "f":
+        if np.isnan(both).any():
+            raise PrunusError(f"{name}: labels contain NaN.")
+        if not np.all(both == np.round(both)):
+            raise PrunusError(
+                f"{name}: labels must be whole-number class indices, not fractional values."
+            )
+    if both.min() < 0:
+        raise PrunusError(f"{name}: labels must be class indices >= 0 (got {both.min()}).")
+    y = y.astype(np.int64)
+    return y, None if y_test is None else y_test.astype(np.int64), None
+
+
+def _ids(ids: Any, n: int, name: str, field: str) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or len(ids) != n or ids.dtype.kind not in "iu":
+        raise PrunusError(f"{name}: {field} must be a 1-D integer array of length {n}.")
+    if len(np.unique(ids)) != n:
+        raise PrunusError(f"{name}: {field} must be unique.")
+    return ids.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- file formats
+
+
+def _check_options(options: dict[str, Any], allowed: Iterable[str], path: Path) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise choice_error(f"option for {path.suffix or 'directory'} datasets", unknown[0], allowed)
+
+
+def _from_npz(path: Path, **options: Any) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except ValueError as exc:
+        raise PrunusError(
+            f"{path.name}: cannot read it without unpickling objects, which prunus never does "
+            f"({exc})."
+        ) from None
+    except (OSError, EOFError) as exc:
+        raise PrunusError(f"{path.name} is not a readable .npz file ({exc}).") from None
+    allowed = ("x", "y", "ids", "x_test", "y_test", "ids_test")
+    if "x" not in arrays or "y" not in arrays:
+        raise PrunusError(
+            f"{path.name} must hold arrays named x and y (optionally {', '.join(allowed[2:])}); "
+            f"found: {', '.join(sorted(arrays)) or 'none'}."
+        )
+    unknown = sorted(set(arrays) - set(allowed))
+    if unknown:
+        raise choice_error(f"array name in {path.name}", unknown[0], allowed)
+    return from_arrays(**arrays, **options)
+
+
+def _from_table(path: Path, **options: Any) -> Dataset:
+    import pyarrow as pa
+
+    try:
+        if path.suffix.lower() == ".csv":
+            import pyarrow.csv as pa_csv
+
+            table = pa_csv.read_csv(path)
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise PrunusError(f"{path.name} is not a readable {path.suffix} table ({exc}).") from None
+    columns = {col: _arrow_column(table.column(col)) for col in table.column_names}
+    return _from_columns(columns, None, where=path.name, **options)
+
+
+def _arrow_column(column: Any) -> np.ndarray:
+    """A pyarrow column as numpy; lists of numbers become a 2-D (or deeper) array if regular."""
+    import pyarrow as pa
+
+    values = column.to_numpy(zero_copy_only=False)
+    kind = column.type
+    while (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    ):
+        kind = kind.value_type
+    nested = values.dtype == object and (pa.types.is_floating(kind) or pa.types.is_integer(kind))
+    if nested and column.null_count == 0:
+        try:
+            values = np.stack([np.stack(list(v)) if v.dtype == object else v for v in values])
+        except ValueError:
+            pass  # ragged: left as objects, rejected if used as features
+    return values
+
+
+def _is_hf_dir(path: Path) -> bool:
+    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+
+
+def _from_hf_dir(path: Path, **options: Any) -> Dataset:
+    hf = require("datasets", "hf")
+    loaded = hf.load_from_disk(str(path))
+    test_split = None
+    if (path / "dataset_dict.json").exists():
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", list(loaded))
+        if "train" not in loaded:
+            raise PrunusError(
+                f"{path.name}: prunus reads the 'train' (and 'test') split of a DatasetDict; "
+                f"its splits are: {', '.join(splits)}."
+            )
+        train_split = loaded["train"]
+        test_split = loaded.get("test")
+    else:
+        train_split = loaded
+    label = options.get("label", "label")
+    names = None
+    feature = train_split.features.get(label)
+    if feature is not None and hasattr(feature, "num_classes") and hasattr(feature, "names"):
+        names = list(feature.names)  # a ClassLabel column: indices already, names kept
+        options.setdefault("num_classes", feature.num_classes)
+    columns = _hf_columns(train_split)
+    test_columns = None if test_split is None else _hf_columns(test_split)
+    dataset = _from_columns(columns, test_columns, where=path.name, **options)
+    if names is not None:
+        dataset.options["classes"] = names
+    return dataset
+
+
+def _hf_columns(split: Any) -> dict[str, np.ndarray]:
+    table = split.with_format("numpy")
+    return {col: np.asarray(table[col]) for col in split.column_names}
+
+
+def _from_columns(
+    columns: dict[str, np.ndarray],
+    test_columns: dict[str, np.ndarray] | None,
+    *,
+    where: str,
+    label: str = "label",
+    id: str = "id",
+    features: str | Sequence[str] | None = None,
+    **split_options: Any,
+) -> Dataset:
+    """Pick the label, id and feature columns of a table and build the dataset."""
+    if label not in columns:
+        raise choice_error(f"label column of {where}", label, columns)
+    if id not in columns and id != "id":
+        raise choice_error(f"id column of {where}", id, columns)
+    if features is None:
+        features = [
+            col
+            for col, values in columns.items()
+            if col not in (label, id) and values.dtype.kind in "biuf"
+        ]
+        if not features:
+            raise PrunusError(
+                f"{where}: no numeric feature columns besides the label {label!r}; "
+                f"columns: {', '.join(columns)}."
+            )
+    elif isinstance(features, str):
+        features = [features]
+    for col in features:
+        if col not in columns:
+            raise choice_error(f"feature column of {where}", col, columns)
+        if columns[col].dtype.kind not in "biuf":
+            raise PrunusError(
+                f"{where}: feature column {col!r} must hold numbers or fixed-length lists of "
+                f"numbers (got {columns[col].dtype})."
+            )
+
+    def arrays(table: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+        for col in [label, *features]:
+            if col not in table:
+                raise choice_error(
+                    f"column of the {prefix or 'train'} split of {where}", col, table
+                )
+        parts = [table[col].reshape(len(table[col]), -1) for col in features]
+        x = table[features[0]] if len(features) == 1 else np.concatenate(parts, axis=1)
+        out = {"x" + prefix: x, "y" + prefix: table[label]}
+        if id in table:
+            out["ids" + prefix] = table[id]
+        return out
+
+    given = arrays(columns, "")
+    if test_columns is not None:
+        given.update(arrays(test_columns, "_test"))
+    return from_arrays(**given, **split_options)
+
+
+def _materialise(dataset: Any, batch_size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read every ``(x, y)`` item of a torch dataset into two numpy arrays."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    xs, ys = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    try:
+        for batch in loader:
+            if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+                raise PrunusError(f"{name}: torch dataset items must be (x, y) pairs.")
+            x, y = batch
+            xs.append(torch.as_tensor(x).detach().cpu().numpy())
+            ys.append(torch.as_tensor(y).detach().cpu().numpy())
+    except (RuntimeError, TypeError) as exc:
+        raise PrunusError(
+            f"{name}: torch dataset items must be (x, y) pairs of tensors, arrays or numbers "
+            f"with one fixed shape ({exc})."
+        ) from None
+    if not xs:
+        raise PrunusError(f"{name}: the dataset is empty.")
+    return np.concatenate(xs), np.concatenate(ys)
