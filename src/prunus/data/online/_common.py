@@ -1,0 +1,72 @@
+"""Helpers shared by the online methods: argument checks, id → row lookup, a no-grad loss pass."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prunus.errors import PrunusError
+
+
+def check_fraction(value: object, field: str) -> float:
+    """``value`` as a float in (0, 1], or a one-sentence :class:`PrunusError` naming ``field``."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise PrunusError(f"{field} must be a number in (0, 1] (got {value!r}).") from None
+    if not (0.0 < number <= 1.0) or math.isnan(number):
+        raise PrunusError(f"{field} must be a number in (0, 1] (got {value!r}).")
+    return number
+
+
+def check_positive_int(value: object, field: str) -> int:
+    """``value`` as an int ≥ 1, or a :class:`PrunusError` naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise PrunusError(f"{field} must be an integer ≥ 1 (got {value!r}).")
+    return int(value)
+
+
+def check_seed(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise PrunusError(f"seed must be an integer ≥ 0 (got {value!r}).")
+    return int(value)
+
+
+class RowLookup:
+    """Maps stable example ids to row positions of the training arrays (precomputed once)."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        self.identity = bool(np.array_equal(ids, np.arange(len(ids))))
+        order = np.argsort(ids, kind="stable")
+        self._order = torch.from_numpy(order)
+        self._sorted = torch.from_numpy(ids[order])
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows (on the device of ``ids``) of the given ids, which must all exist."""
+        if self.identity:
+            return ids
+        if self._sorted.device != ids.device:
+            self._sorted, self._order = self._sorted.to(ids.device), self._order.to(ids.device)
+        return self._order[torch.searchsorted(self._sorted, ids)]
+
+
+def losses_without_grad(state, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example training loss of ``state.model`` on (x, y) without building a graph.
+
+    The model stays in training mode (batch-norm uses the batch statistics, as in the step that
+    follows); the pass is counted in ``state.meter`` as forwarded, not backpropagated.
+    """
+    cfg = state.config
+    amp = cfg.amp and state.device.type == "cuda"
+    with torch.no_grad():
+        with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = state.model(x)
+        losses = F.cross_entropy(
+            logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing
+        )
+    state.meter.count(state.model, x, forwarded=len(x), backpropagated=0)
+    return losses
