@@ -1,0 +1,381 @@
+"""Masks: which weights are prunable, how a mask is attached, baked in, reported and saved.
+
+A mask is a boolean tensor shaped like the weight it covers (``True`` = kept). It is attached
+with :mod:`torch.nn.utils.parametrize`, so ``module.weight`` *is* ``original * mask`` every time
+it is read: the forward pass, the gradient (``∂L/∂original = ∂L/∂weight ⊙ mask``) and
+``state_dict`` consumers all see the masked weight, and nothing else in PyTorch needs to know.
+
+Optimizer steps cannot resurrect a pruned weight: the effective weight is masked by
+construction. On top of that, whenever a mask changes, :func:`zero_pruned` sets the underlying
+``original`` values, their ``.grad`` and every optimizer state tensor shaped like them
+(SGD momentum buffers, Adam's ``exp_avg``/``exp_avg_sq``) to exactly zero at pruned positions.
+With a zero gradient there, SGD (with or without momentum, Nesterov, L2 decay), Adam and AdamW
+(decoupled decay multiplies 0) keep those values at exactly zero, so a regrown weight starts
+at 0 and ``remove`` bakes in exactly the masked weights.
+
+Files are safetensors (no pickle): the effective weights under their plain ``state_dict`` names
+and each mask as a ``uint8`` tensor named ``<name>_mask`` (the names ``torch.nn.utils.prune``
+uses), with a small JSON metadata header.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from prunus.errors import PrunusError
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class Mask(nn.Module):
+    """Parametrization ``weight -> weight * mask`` (the mask is a bool buffer, ``True`` = kept).
+
+    When ``capture`` is set, the next forward keeps its output and asks autograd to retain its
+    gradient, so that ``last.grad`` is the *dense* gradient ``∂L/∂weight`` (RigL, GraNet).
+    """
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+        self.capture = False
+        self.last: torch.Tensor | None = None
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        out = weight * self.mask
+        if self.capture and out.requires_grad:
+            out.retain_grad()
+            self.last = out
+        return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """One prunable weight: ``name`` is its ``state_dict`` name (e.g. ``"1.weight"``)."""
+
+    name: str
+    module: nn.Module
+    attr: str = "weight"
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.weight.shape
+
+    @property
+    def numel(self) -> int:
+        return self.weight.numel()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The underlying values (``original`` when masked), not the masked view."""
+        if parametrize.is_parametrized(self.module, self.attr):
+            return getattr(self.module.parametrizations, self.attr).original
+        return getattr(self.module, self.attr)
+
+    @property
+    def mask_module(self) -> Mask | None:
+        if not parametrize.is_parametrized(self.module, self.attr):
+            return None
+        for p in getattr(self.module.parametrizations, self.attr):
+            if isinstance(p, Mask):
+                return p
+        return None
+
+
+def prunable_weights(
+    model: nn.Module,
+    layers: list[str] | None = None,
+    include_first: bool = True,
+    include_last: bool = True,
+) -> list[Target]:
+    """The weights a sparsity method may prune, in module order.
+
+    Default: the ``weight`` of every ``Linear`` and ``ConvNd`` (never biases or norms).
+
+    Args:
+        model: any ``nn.Module``.
+        layers: module names to restrict to (``None``: all linear/conv layers).
+        include_first: keep the first linear/conv layer in the prunable set (default True).
+        include_last: keep the last one (usually the classifier) in the set (default True).
+
+    Raises:
+        PrunusError: an unknown layer name, or no prunable layer at all.
+    """
+    found = [
+        Target(f"{name}.weight" if name else "weight", module)
+        for name, module in model.named_modules()
+        if isinstance(module, PRUNABLE_TYPES)
+    ]
+    if layers is not None:
+        by_module = {t.name.removesuffix(".weight"): t for t in found}
+        unknown = [name for name in layers if name not in by_module]
+        if unknown:
+            raise PrunusError(
+                f"layers must name linear/conv modules of the model, one of: "
+                f"{', '.join(by_module)} (got {unknown[0]!r})."
+            )
+        found = [by_module[name] for name in layers]
+    else:
+        first, last = (found[0], found[-1]) if found else (None, None)
+        found = [
+            t
+            for t in found
+            if (include_first or t is not first) and (include_last or t is not last)
+        ]
+    if not found:
+        raise PrunusError("the model has no prunable layer (linear or convolution weights).")
+    return found
+
+
+def pruned_count(sparsity: float, n: int) -> int:
+    """⌊sparsity·n⌋ with ``sparsity`` taken as the decimal it is written as (0.29·100 = 29)."""
+    return int(Fraction(str(float(sparsity))) * n)
+
+
+def check_sparsity(sparsity: float, field: str = "sparsity") -> float:
+    """Validate a sparsity in [0, 1)."""
+    try:
+        value = float(sparsity)
+    except (TypeError, ValueError):
+        raise PrunusError(f"{field} must be a number in [0, 1) (got {sparsity!r}).") from None
+    if not 0.0 <= value < 1.0:
+        raise PrunusError(f"{field} must be in [0, 1) (got {sparsity!r}).")
+    return value
+
+
+def apply(
+    model: nn.Module, masks: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None
+) -> nn.Module:
+    """Attach (or update) masks: ``masks`` maps weight names (``"1.weight"``) to bool tensors.
+
+    Pruned positions of the underlying weight, its gradient and ``optimizer``'s state are set
+    to zero (see the module docstring). Returns ``model``.
+
+    Raises:
+        PrunusError: a name that is not a weight of the model, or a mask of the wrong shape.
+    """
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        module_name, _, attr = name.rpartition(".")
+        module = modules.get(module_name)
+        if module is None or not hasattr(module, attr):
+            raise PrunusError(f"mask {name!r} does not name a weight of the model.")
+        target = Target(name, module, attr)
+        if tuple(mask.shape) != tuple(target.shape):
+            raise PrunusError(
+                f"mask {name!r} must have shape {tuple(target.shape)} (got {tuple(mask.shape)})."
+            )
+        mask = mask.to(device=target.weight.device, dtype=torch.bool)
+        existing = target.mask_module
+        if existing is None:
+            parametrize.register_parametrization(module, attr, Mask(mask))
+        else:
+            existing.mask.copy_(mask)
+    zero_pruned(model, optimizer)
+    return model
+
+
+def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The masks attached to ``model``: weight name -> bool tensor (a copy)."""
+    masks = {}
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr, plist in module.parametrizations.items():
+            for p in plist:
+                if isinstance(p, Mask):
+                    masks[f"{module_name}.{attr}" if module_name else attr] = p.mask.clone()
+    return masks
+
+
+def masked_targets(model: nn.Module) -> list[Target]:
+    """Targets that currently carry a mask, in module order."""
+    modules = dict(model.named_modules())
+    out = []
+    for name in masks_of(model):
+        module_name, _, attr = name.rpartition(".")
+        out.append(Target(name, modules[module_name], attr))
+    return out
+
+
+@torch.no_grad()
+def zero_pruned(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Set pruned positions of every masked weight, its grad and its optimizer state to 0."""
+    for target in masked_targets(model):
+        keep = target.mask_module.mask
+        original = target.weight
+        original.masked_fill_(~keep, 0.0)
+        if original.grad is not None:
+            original.grad.masked_fill_(~keep, 0.0)
+        if optimizer is not None:
+            for value in optimizer.state.get(original, {}).values():
+                if torch.is_tensor(value) and value.shape == original.shape:
+                    value.masked_fill_(~keep, 0.0)
+
+
+def remove(model: nn.Module) -> nn.Module:
+    """Bake masks in: each masked weight becomes a plain parameter holding ``original * mask``.
+
+    The parameter object is kept, so an optimizer built earlier still points at it.
+    """
+    for target in masked_targets(model):
+        parametrize.remove_parametrizations(target.module, target.attr, leave_parametrized=True)
+    return model
+
+
+def plain_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every parametrization baked in (plain parameters).
+
+    ``copy.deepcopy`` of a parametrized module shares its generated class with the original,
+    so ``remove_parametrizations`` on the copy would strip the original's properties too; this
+    function restores each copied module's own class instead and leaves ``model`` untouched.
+    """
+    probe = copy.deepcopy(model)
+    for module in probe.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        with torch.no_grad():
+            values = {attr: getattr(module, attr).detach().clone() for attr in module.parametrizations}
+        originals = {attr: plist.original for attr, plist in module.parametrizations.items()}
+        module.__class__ = module.__class__.__bases__[0]
+        del module._modules["parametrizations"]
+        for attr, value in values.items():
+            if isinstance(originals[attr], nn.Parameter):
+                module.register_parameter(attr, nn.Parameter(value, requires_grad=originals[attr].requires_grad))
+            else:
+                module.register_buffer(attr, value)
+    return probe
+
+
+def sparsity_report(model: nn.Module, targets: list[Target] | None = None) -> list[dict]:
+    """Per-layer and total sparsity of the effective weights.
+
+    Returns rows ``{"layer", "shape", "params", "zeros", "sparsity", "masked"}`` for each
+    target (default: every masked weight, or every linear/conv weight when none is masked), and
+    a last row with ``layer == "total"``. ``zeros`` counts exact zeros of the effective weight.
+    """
+    if targets is None:
+        targets = masked_targets(model) or prunable_weights(model)
+    rows = []
+    total_params = total_zeros = 0
+    with torch.no_grad():
+        for target in targets:
+            effective = getattr(target.module, target.attr)
+            zeros = int((effective == 0).sum())
+            n = effective.numel()
+            rows.append(
+                {
+                    "layer": target.name,
+                    "shape": tuple(effective.shape),
+                    "params": n,
+                    "zeros": zeros,
+                    "sparsity": zeros / n if n else 0.0,
+                    "masked": target.mask_module is not None,
+                }
+            )
+            total_params += n
+            total_zeros += zeros
+    rows.append(
+        {
+            "layer": "total",
+            "shape": (),
+            "params": total_params,
+            "zeros": total_zeros,
+            "sparsity": total_zeros / total_params if total_params else 0.0,
+            "masked": any(r["masked"] for r in rows),
+        }
+    )
+    return rows
+
+
+def mask_sparsity(masks: dict[str, torch.Tensor]) -> tuple[float, int, int]:
+    """(sparsity, pruned, total) of a set of masks."""
+    total = sum(m.numel() for m in masks.values())
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    return (pruned / total if total else 0.0), pruned, total
+
+
+def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write the effective weights and masks of ``model`` to a safetensors file, atomically.
+
+    Keys: the plain ``state_dict`` names (``"1.weight"``; masked weights stored masked) and
+    ``"<name>_mask"`` (uint8, 1 = kept) for each mask. ``metadata`` (str values) is stored too.
+    """
+    from safetensors.torch import save_file
+
+    masks = masks_of(model)
+    tensors = {name: value.detach().cpu().contiguous().clone() for name, value in plain_state(model).items()}
+    for name, mask in masks.items():
+        tensors[f"{name}_mask"] = mask.to(torch.uint8).cpu().contiguous()
+    info = {"format": "prunus.weights/1", "masks": json.dumps(sorted(masks))}
+    info.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load weights and masks written by :func:`save` into ``model`` (same architecture).
+
+    Existing masks on ``model`` are replaced. Returns ``model``.
+
+    Raises:
+        PrunusError: missing file, not a safetensors file, or names/shapes that do not match.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrunusError(f"path must be an existing safetensors file (got {str(path)!r}).")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PrunusError(f"path {str(path)!r} is not a readable safetensors file ({exc}).") from None
+    names = set(plain_state(model))
+    masks = {k[: -len("_mask")]: v.bool() for k, v in tensors.items() if k.endswith("_mask") and k[: -len("_mask")] in names}
+    state = {k: v for k, v in tensors.items() if k in names}
+    missing = sorted(names - set(state))
+    unexpected = sorted(set(tensors) - set(state) - {f"{k}_mask" for k in masks})
+    if missing or unexpected:
+        raise PrunusError(
+            f"file {str(path)!r} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}."
+        )
+    remove(model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise PrunusError(f"file {str(path)!r} does not match the model's shapes ({str(exc).splitlines()[-1].strip()}).") from None
+    apply(model, masks)
+    return model
+
+
+def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state_dict`` with parametrized tensors under their plain names and effective values."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if ".parametrizations." in f".{key}":
+            continue
+        state[key] = value
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for attr in module.parametrizations:
+                state[f"{name}.{attr}" if name else attr] = getattr(module, attr).detach()
+    return state

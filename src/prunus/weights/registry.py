@@ -1,0 +1,113 @@
+"""Weight policies by name, for the study harness and the CLI: ``get_sparsifier(name, ...)``.
+
+| name      | schedule                                              | criterion / growth          |
+|-----------|-------------------------------------------------------|-----------------------------|
+| random    | one-shot at init, per-layer uniform counts (baseline) | uniform random               |
+| magnitude | one-shot after 50% of training, then fine-tune        | global |θ|                  |
+| gradient  | one-shot at init                                      | global |∂L/∂θ|             |
+| snip      | one-shot at init                                      | global |θ ⊙ ∂L/∂θ|          |
+| grasp     | one-shot at init                                      | global θ ⊙ Hg               |
+| synflow   | one-shot at init, 100 data-free rounds                | global |θ ⊙ ∂R/∂θ|          |
+| gmp       | gradual, cubic, 10%→60% of training                   | global |θ|                  |
+| imp       | 3 rounds of prune + rewind (5% of a round), same steps | global |θ|                  |
+| set       | sparse from init (ERK), drop/regrow every ΔT          | |θ| / random                |
+| rigl      | sparse from init (ERK), drop/regrow every ΔT          | |θ| / |dense gradient|      |
+| granet    | gradual pruning + drop/regrow by gradient             | global |θ| / |gradient|     |
+| nm        | one-shot N:M (2:4) after 50% of training              | |θ| in each group of M      |
+
+Every default can be changed with keyword settings (they are the callback's arguments).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from prunus.errors import PrunusError, choice_error
+from prunus.train.events import Callback
+from prunus.weights.dst import SET, GraNet, RigL
+from prunus.weights.schedules import GradualMagnitude, LotteryTicket, OneShot, Sparsifier
+
+
+def _oneshot(method: str, **defaults) -> Callable[..., Sparsifier]:
+    def factory(sparsity: float, seed: int = 0, **settings) -> Sparsifier:
+        return OneShot(sparsity, **{"method": method, **defaults, **settings, "seed": seed})
+
+    factory.__doc__ = f"One-shot {method} pruning (defaults {defaults or 'of OneShot'})."
+    factory.target = OneShot  # type: ignore[attr-defined]
+    return factory
+
+
+def _nm(sparsity: float, seed: int = 0, m: int = 4, **settings) -> Sparsifier:
+    """N:M sparsity with N = (1 − sparsity)·M (sparsity 0.5, M = 4: the 2:4 pattern)."""
+    n = (1.0 - float(sparsity)) * m
+    if abs(n - round(n)) > 1e-9 or not 0 < round(n) < m:
+        raise PrunusError(
+            f"sparsity for method 'nm' must be k/{m} for an integer 0 < k < {m}, e.g. 0.5 for 2:4 "
+            f"(got {sparsity})."
+        )
+    settings.setdefault("at", 0.5)
+    return OneShot(sparsity, method=settings.pop("method", "magnitude"), pattern=f"{round(n)}:{m}", seed=seed, **settings)
+
+
+_nm.target = OneShot  # type: ignore[attr-defined]
+
+
+def _cls(cls: type[Sparsifier]) -> Callable[..., Sparsifier]:
+    def factory(sparsity: float, seed: int = 0, **settings) -> Sparsifier:
+        return cls(sparsity, seed=seed, **settings)
+
+    factory.__doc__ = cls.__doc__
+    factory.target = cls  # type: ignore[attr-defined]
+    return factory
+
+
+WEIGHT_METHODS: dict[str, Callable[..., Sparsifier]] = {
+    "random": _oneshot("random", scope="layer", allocation="uniform"),
+    "magnitude": _oneshot("magnitude", at=0.5),
+    "gradient": _oneshot("gradient"),
+    "snip": _oneshot("snip"),
+    "grasp": _oneshot("grasp"),
+    "synflow": _oneshot("synflow"),
+    "gmp": _cls(GradualMagnitude),
+    "imp": _cls(LotteryTicket),
+    "set": _cls(SET),
+    "rigl": _cls(RigL),
+    "granet": _cls(GraNet),
+    "nm": _nm,
+}
+
+
+def get_sparsifier(method: str, sparsity: float = 0.9, seed: int = 0, **settings) -> Callback:
+    """A trainer callback that makes the model ``sparsity``-sparse by the named policy.
+
+    The callback sets ``state.meter.density`` (kept fraction of prunable weights, scaling the
+    theoretical FLOPs) and ``state.extra["sparsity"]`` (achieved sparsity of the prunable set).
+
+    Raises:
+        PrunusError: unknown method, bad sparsity, or an unknown/invalid setting.
+    """
+    if method not in WEIGHT_METHODS:
+        raise choice_error("weight method", method, WEIGHT_METHODS)
+    factory = WEIGHT_METHODS[method]
+    allowed = _allowed_settings(factory)
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise PrunusError(
+            f"setting {unknown[0]!r} is not known for weight method {method!r}; "
+            f"allowed: {', '.join(sorted(allowed))}."
+        )
+    try:
+        return factory(sparsity, seed=seed, **settings)
+    except TypeError as exc:
+        raise PrunusError(f"settings for weight method {method!r} are invalid ({exc}).") from None
+
+
+def _allowed_settings(factory) -> set[str]:
+    names: set[str] = set()
+    cls = getattr(factory, "target", None)
+    for klass in (cls.__mro__ if cls else ()):
+        if "__init__" in vars(klass):
+            names |= set(inspect.signature(klass.__init__).parameters)
+    names |= set(inspect.signature(factory).parameters)
+    return names - {"self", "sparsity", "seed", "common", "settings", "defaults"}
