@@ -1,0 +1,252 @@
+"""Commands of the static data family: ``prunus score``, ``prunus select``, ``prunus scores ...``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from prunus.errors import PrunusError
+
+scores_app = typer.Typer(help="Inspect and compare score tables.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``score``, ``select`` and the ``scores`` group to the ``prunus`` command (once)."""
+    if getattr(app, "_prunus_data_commands", False):
+        return
+    app.command("score")(score_command)
+    app.command("select")(select_command)
+    app.add_typer(scores_app, name="scores")
+    app._prunus_data_commands = True
+
+
+def score_command(
+    out: Path = typer.Option(..., "--out", help="where to write the score table (.parquet)"),
+    dataset: str = typer.Option("mnist1d", help="dataset name or path"),
+    model: str = typer.Option("cnn1d", help="model name or package.module:factory"),
+    method: str = typer.Option("el2n", help="score method (see prunus.data.SCORE_METHODS)"),
+    seeds: int = typer.Option(1, min=1, help="number of proxy runs (seeds 0..N-1), averaged"),
+    epochs: int | None = typer.Option(None, min=0, help="proxy epochs (default: proxy fraction of full epochs)"),
+    full_epochs: int = typer.Option(10, min=1, help="length of the schedule the proxy run is a prefix of"),
+    proxy_fraction: float = typer.Option(0.2, help="share of the full schedule trained when --epochs is not given"),
+    batch_size: int = typer.Option(128, min=1),
+    lr: float | None = typer.Option(None, help="learning rate (default: the trainer's)"),
+    optimizer: str | None = typer.Option(None, help="sgd, adam or adamw"),
+    schedule: str | None = typer.Option(None, help="constant, cosine, step or onecycle"),
+    device: str = typer.Option("auto"),
+    kind: str = typer.Option("entropy", help="uncertainty: entropy, least_confidence or margin"),
+    clusters: int | None = typer.Option(None, min=1, help="prototypes: k-means clusters (default: classes)"),
+    window: int = typer.Option(10, min=2, help="dynamic_uncertainty: presentations per window"),
+    noise: float = typer.Option(0.0, help="symmetric label-noise rate"),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
+    as_json: bool = typer.Option(False, "--json", help="print the table's metadata as JSON"),
+) -> None:
+    """Score every training example with short proxy runs and write a Parquet score table."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from prunus.cli import console, err_console, parse_options
+    from prunus.data import SCORE_METHODS
+    from prunus.data.scoring import score
+    from prunus.datasets import load
+    from prunus.errors import choice_error
+
+    if method not in SCORE_METHODS:
+        raise choice_error("--method", method, SCORE_METHODS)
+    if out.suffix != ".parquet":
+        raise PrunusError(f"--out must end in .parquet (got {str(out)!r}).")
+    data = load(dataset, noise=noise, **parse_options(option))
+    settings = {"device": device}
+    for name, value in (("lr", lr), ("optimizer", optimizer), ("schedule", schedule)):
+        if value is not None:
+            settings[name] = value
+
+    progress = None if as_json else Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+    )
+
+    def report(done: int, total: int, description: str) -> None:
+        progress.update(task, completed=done, total=total, description=description)
+
+    if progress is not None:
+        progress.start()
+        task = progress.add_task(f"score {method}", total=None)
+    try:
+        table = score(
+            data, model=model, method=method, epochs=epochs, full_epochs=full_epochs,
+            proxy_fraction=proxy_fraction, seeds=list(range(seeds)), batch_size=batch_size,
+            kind=kind, clusters=clusters, window=window,
+            progress=None if progress is None else report, **settings,
+        )
+    finally:
+        if progress is not None:
+            progress.stop()
+    table.write(out)
+    if as_json:
+        print(json.dumps(table.metadata, default=str))
+        return
+    console.print(_summary(table, title=f"{method} scores → {out}"))
+
+
+def select_command(
+    table_path: Path = typer.Argument(..., metavar="TABLE", help="score table (.parquet)"),
+    keep: float = typer.Option(..., "--keep", help="fraction of examples kept, in (0, 1]"),
+    policy: str = typer.Option("hardest", help="hardest, easiest, band, ccs or random"),
+    out: Path | None = typer.Option(None, "--out", help="write the kept ids here (.parquet)"),
+    stratify: bool = typer.Option(True, "--stratify/--no-stratify", help="keep each class's share"),
+    seed: int = typer.Option(0, min=0),
+    column: str | None = typer.Option(None, help="score column (default: the table's main score)"),
+    beta: float = typer.Option(0.1, help="ccs: fraction of hardest examples dropped first"),
+    bins: int = typer.Option(50, help="ccs: number of score bins"),
+    skip_hardest: float | None = typer.Option(None, help="band: fraction of hardest skipped"),
+    dataset: str | None = typer.Option(None, help="check the table against this dataset's fingerprint"),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
+) -> None:
+    """Keep an exact fraction of the examples of a score table and write their ids."""
+    from prunus.cli import console, parse_options
+    from prunus.data.select import select
+    from prunus.data.table import ScoreTable
+
+    if not 0.0 < keep <= 1.0:
+        raise PrunusError(f"--keep (the fraction kept) must be in (0, 1] (got {keep!r}).")
+    table = ScoreTable.read(table_path)
+    if out is not None and out.suffix != ".parquet":
+        raise PrunusError(f"--out must end in .parquet (got {str(out)!r}).")
+    data = None
+    if dataset is not None:
+        from prunus.datasets import load
+
+        data = load(dataset, **parse_options(option))
+    ids, weights = select(
+        table, keep, policy, stratify=stratify, seed=seed, column=column, dataset=data,
+        skip_hardest=skip_hardest, beta=beta, bins=bins, return_weights=True,
+    )
+    order = np.argsort(table.ids)
+    rows = order[np.searchsorted(table.ids, ids, sorter=order)]
+    if out is not None:
+        selection = {
+            "policy": policy, "fraction": keep, "stratify": stratify, "seed": seed,
+            "column": column or table.column, "beta": beta, "bins": bins, "skip_hardest": skip_hardest,
+            "source": {k: table.metadata.get(k) for k in ("method", "column", "model", "epochs", "seeds")},
+            "dataset": table.metadata.get("dataset"),
+        }
+        _write_selection(out, ids, table.labels[rows], weights, selection)
+    scores = table.scores(column)
+    counts = np.bincount(table.labels[rows], minlength=table.num_classes)
+    totals = np.bincount(table.labels, minlength=table.num_classes)
+    summary = Table("field", "value", title=f"{policy} selection" + (f" → {out}" if out else ""))
+    summary.add_row("kept", f"{len(ids):,} of {len(table):,} ({len(ids) / len(table):.1%})")
+    summary.add_row("per class kept", " ".join(f"{c}/{t}" for c, t in zip(counts, totals)))
+    summary.add_row(
+        f"{column or table.column} kept (min / median / max)",
+        f"{scores[rows].min():.4g} / {np.median(scores[rows]):.4g} / {scores[rows].max():.4g}",
+    )
+    summary.add_row(
+        f"{column or table.column} all (min / median / max)",
+        f"{scores.min():.4g} / {np.median(scores):.4g} / {scores.max():.4g}",
+    )
+    console.print(summary)
+
+
+@scores_app.command("compare")
+def compare_command(
+    first: Path = typer.Argument(..., metavar="A", help="score table (.parquet)"),
+    second: Path = typer.Argument(..., metavar="B", help="score table (.parquet)"),
+    keep: list[float] | None = typer.Option(None, "--keep", help="fractions to compare kept sets at"),
+    policy: str = typer.Option("hardest", help="policy whose kept sets are compared"),
+) -> None:
+    """Spearman rank correlation of two score tables and the overlap of their kept sets."""
+    from prunus.cli import console
+    from prunus.data.select import select
+    from prunus.data.table import ScoreTable
+
+    a, b = ScoreTable.read(first), ScoreTable.read(second)
+    fractions = keep or [0.1, 0.3, 0.5, 0.7]
+    common = np.intersect1d(a.ids, b.ids)
+    table = Table("measure", "value", title=f"{a.metadata.get('method')} vs {b.metadata.get('method')}")
+    table.add_row("same dataset fingerprint", "yes" if a.fingerprint == b.fingerprint else "no")
+    table.add_row("examples in both", f"{len(common):,}")
+    table.add_row("Spearman rank correlation", f"{a.rank_correlation(b):.4f}")
+    for fraction in fractions:
+        kept_a = select(a, fraction, policy, stratify=False)
+        kept_b = select(b, fraction, policy, stratify=False)
+        shared = len(np.intersect1d(kept_a, kept_b))
+        table.add_row(
+            f"overlap of {policy} {fraction:g}", f"{shared / max(len(kept_a), 1):.1%} ({shared:,} ids)"
+        )
+    console.print(table)
+
+
+@scores_app.command("show")
+def show_command(
+    table_path: Path = typer.Argument(..., metavar="TABLE", help="score table (.parquet)"),
+) -> None:
+    """Show how a score table was made and the distribution of its scores."""
+    from prunus.cli import console
+    from prunus.data.table import ScoreTable
+
+    console.print(_summary(ScoreTable.read(table_path), title=str(table_path)))
+
+
+def _summary(table, title: str) -> Table:
+    meta = table.metadata
+    cost = meta.get("cost") or {}
+    scores = table.scores()
+    out = Table("field", "value", title=title)
+    out.add_row("method", f"{meta.get('method')} (column {table.column}, {table.direction()})")
+    if meta.get("approximation"):
+        out.add_row("approximation", str(meta["approximation"]))
+    dataset = meta.get("dataset") or {}
+    out.add_row("dataset", f"{dataset.get('name')} ({len(table):,} examples, fingerprint {table.fingerprint})")
+    out.add_row("model / epochs", f"{meta.get('model')} / {meta.get('epochs')} of {meta.get('full_epochs')}")
+    out.add_row("seeds", str(meta.get("seeds")))
+    if cost:
+        out.add_row(
+            "cost",
+            f"{cost.get('seconds', 0):.1f} s (train {cost.get('train_seconds', 0):.1f} s, "
+            f"scoring {cost.get('scoring_seconds', 0):.1f} s), {cost.get('flops', 0) / 1e9:.2f} GFLOPs",
+        )
+    q = np.quantile(scores, [0, 0.25, 0.5, 0.75, 1])
+    out.add_row("min / q25 / median / q75 / max", " / ".join(f"{v:.4g}" for v in q))
+    out.add_row("mean ± std", f"{scores.mean():.4g} ± {scores.std():.4g}")
+    seed_columns = [c for c in table.columns if c.startswith(f"{table.column}_seed")]
+    if len(seed_columns) > 1:
+        from scipy.stats import spearmanr
+
+        pairs = [
+            spearmanr(table.columns[x], table.columns[y]).statistic
+            for i, x in enumerate(seed_columns)
+            for y in seed_columns[i + 1 :]
+        ]
+        out.add_row("seed-to-seed Spearman (mean)", f"{np.mean(pairs):.4f}")
+    return out
+
+
+def _write_selection(path: Path, ids, labels, weights, selection: dict) -> None:
+    import os
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": pa.array(ids), "label": pa.array(labels), "weight": pa.array(weights)})
+    table = table.replace_schema_metadata({b"prunus.selection": json.dumps(selection, default=str).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,224 @@
+"""Static selection: keep a fixed budget of training examples chosen from a score table.
+
+Every policy keeps exactly ``k = ⌊fraction · N⌋`` examples (``fraction · N`` is rounded down after
+adding 1e-9, so that 0.29 · 100 keeps 29 and not 28 because of binary floating point).
+
+With ``stratify=True`` (the default) each class keeps its share of the budget: class ``c`` with
+``n_c`` examples gets ``⌊k · n_c / N⌋``, and the examples still missing to reach ``k`` go one each
+to the classes with the largest remainders ``k · n_c / N − ⌊k · n_c / N⌋`` (ties: the larger class
+first, then the lower class index). The policy then runs inside each class with that quota.
+
+Ties between equal scores are broken by example id (the lower id counts as harder), so the same
+table, fraction, policy and seed always give the same ids.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from prunus.errors import PrunusError, choice_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prunus.data.table import ScoreTable
+    from prunus.datasets.base import Dataset
+
+SELECT_POLICIES = ("hardest", "easiest", "band", "ccs", "random")
+
+
+def select(
+    table: ScoreTable,
+    fraction: float,
+    policy: str = "hardest",
+    *,
+    stratify: bool = True,
+    seed: int = 0,
+    column: str | None = None,
+    dataset: Dataset | None = None,
+    skip_hardest: float | None = None,
+    beta: float = 0.1,
+    bins: int = 50,
+    return_weights: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Keep ``⌊fraction · N⌋`` example ids from a score table.
+
+    Policies (hardness = the score oriented so that higher is harder, see
+    :meth:`ScoreTable.hardness`):
+
+    - ``hardest``: the highest hardness (Data Diet, forgetting: keep what is hard to learn).
+    - ``easiest``: the lowest hardness (Sorscher et al. 2022: keep easy examples when data is scarce).
+    - ``band``: a contiguous band of the hardness ranking: skip the ``skip_hardest`` fraction of
+      hardest examples (default: centre the band, ``(1 − fraction) / 2``), keep the next ``k``.
+    - ``ccs``: Coverage-centric Coreset Selection (Zheng et al. 2023): drop the hardest ``beta``
+      fraction (likely mislabeled; fewer when the budget would not fit in what remains), split the
+      rest into ``bins`` equal-width hardness bins and fill the budget bin by bin, smallest bin
+      first, each taking ``min(its size, ⌊budget left / bins left⌋)`` at random, so that what a
+      small bin cannot use goes to the larger ones.
+    - ``random``: a uniform random subset (the baseline every policy has to beat).
+
+    Args:
+        table: a :class:`~prunus.data.table.ScoreTable` (from :func:`prunus.data.score`).
+        fraction: share of the examples to keep, in (0, 1].
+        policy: one of ``SELECT_POLICIES``. Default ``"hardest"``.
+        stratify: keep each class's share of the budget. Default True.
+        seed: seed of the random draws (``ccs``, ``random``). Default 0.
+        column: score column to use (default: the table's main score).
+        dataset: when given, the table's dataset fingerprint must match it.
+        skip_hardest: ``band`` only: fraction of the hardest examples skipped before the band.
+        beta: ``ccs`` only: fraction of the hardest examples dropped first. Default 0.1.
+        bins: ``ccs`` only: number of hardness bins. Default 50.
+        return_weights: also return per-example loss weights aligned to the ids: for ``ccs`` the
+            inverse of each example's chance of being drawn from its bin (``bin size / drawn``),
+            normalised to mean 1; for the other policies all ones.
+
+    Returns:
+        The kept ids, sorted ascending (and their weights when ``return_weights``).
+
+    Raises:
+        PrunusError: ``fraction`` outside (0, 1] or keeping no example, unknown ``policy`` or
+            ``column``, bad ``beta``/``bins``/``skip_hardest``, or a fingerprint mismatch.
+    """
+    if policy not in SELECT_POLICIES:
+        raise choice_error("policy", policy, SELECT_POLICIES)
+    n = len(table)
+    budget = keep_count(fraction, n)
+    if not 0.0 <= beta < 1.0:
+        raise PrunusError(f"beta must be in [0, 1) (got {beta!r}).")
+    if int(bins) != bins or bins < 1:
+        raise PrunusError(f"bins must be a positive integer (got {bins!r}).")
+    if skip_hardest is not None and not 0.0 <= skip_hardest <= 1.0 - fraction + 1e-9:
+        raise PrunusError(
+            f"skip_hardest must be in [0, 1 − fraction] = [0, {1 - fraction:.4g}] (got {skip_hardest!r})."
+        )
+    if dataset is not None:
+        table.check(dataset)
+    hardness = table.hardness(column)
+    if not np.isfinite(hardness).all():
+        raise PrunusError(f"score table column {column or table.column!r} contains NaN or infinite scores.")
+    rng = np.random.default_rng(seed)
+
+    groups = (
+        [np.flatnonzero(table.labels == c) for c in np.unique(table.labels)]
+        if stratify
+        else [np.arange(n)]
+    )
+    quotas = class_quotas(np.array([len(g) for g in groups]), budget)
+    rows, weights = [], []
+    for group, quota in zip(groups, quotas):
+        if quota == 0:
+            continue
+        picked, w = _select_group(
+            policy, hardness[group], table.ids[group], int(quota), rng,
+            skip_hardest, beta, int(bins),
+        )
+        rows.append(group[picked])
+        weights.append(w)
+    rows = np.concatenate(rows)
+    weights = np.concatenate(weights)
+    order = np.argsort(table.ids[rows], kind="stable")
+    ids = table.ids[rows][order]
+    if not return_weights:
+        return ids
+    weights = weights[order]
+    return ids, weights / weights.mean()
+
+
+def keep_count(fraction: float, n: int) -> int:
+    """``⌊fraction · n⌋`` for a fraction in (0, 1] (raises a PrunusError naming ``fraction``)."""
+    try:
+        fraction = float(fraction)
+    except (TypeError, ValueError):
+        raise PrunusError(f"fraction must be a number in (0, 1] (got {fraction!r}).") from None
+    if not 0.0 < fraction <= 1.0:
+        raise PrunusError(f"fraction must be in (0, 1] (got {fraction!r}).")
+    count = int(np.floor(fraction * n + 1e-9))
+    if count < 1:
+        raise PrunusError(
+            f"fraction {fraction!r} of {n} examples keeps none; fraction must be at least {1 / n:.3g}."
+        )
+    return count
+
+
+def class_quotas(class_sizes: np.ndarray, budget: int) -> np.ndarray:
+    """Split ``budget`` over classes in proportion to ``class_sizes`` with the largest-remainder
+    rule (ties: larger class, then lower index); the quotas sum to ``budget`` exactly."""
+    sizes = np.asarray(class_sizes, dtype=np.int64)
+    exact = budget * sizes / sizes.sum()
+    quotas = np.floor(exact + 1e-9).astype(np.int64)
+    remainder = exact - quotas
+    missing = budget - int(quotas.sum())
+    if missing > 0:
+        order = np.lexsort((np.arange(len(sizes)), -sizes, -remainder))
+        quotas[order[:missing]] += 1
+    return np.minimum(quotas, sizes)
+
+
+def ccs_bin_counts(bin_sizes: np.ndarray, budget: int) -> np.ndarray:
+    """How many examples CCS draws from each bin: smallest bin first, each takes
+    ``min(size, ⌊budget left / bins left⌋)``; the counts sum to ``min(budget, total)``."""
+    sizes = np.asarray(bin_sizes, dtype=np.int64)
+    counts = np.zeros_like(sizes)
+    left = min(int(budget), int(sizes.sum()))
+    order = np.argsort(sizes, kind="stable")
+    for position, b in enumerate(order):
+        take = min(int(sizes[b]), left // (len(order) - position))
+        counts[b] = take
+        left -= take
+    return counts
+
+
+def _select_group(
+    policy: str,
+    hardness: np.ndarray,
+    ids: np.ndarray,
+    quota: int,
+    rng: np.random.Generator,
+    skip_hardest: float | None,
+    beta: float,
+    bins: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (within the group) of the ``quota`` kept examples, and their weights."""
+    n = len(hardness)
+    ones = np.ones(quota)
+    if policy == "random":
+        return rng.choice(n, size=quota, replace=False), ones
+    ranking = np.lexsort((ids, -hardness))  # hardest first; ties: lower id first
+    if policy == "hardest":
+        return ranking[:quota], ones
+    if policy == "easiest":
+        return ranking[n - quota :], ones
+    if policy == "band":
+        share = (1.0 - quota / n) / 2 if skip_hardest is None else skip_hardest
+        start = min(int(np.floor(share * n + 1e-9)), n - quota)
+        return ranking[start : start + quota], ones
+    return _ccs(hardness, ranking, quota, rng, beta, bins)
+
+
+def _ccs(
+    hardness: np.ndarray,
+    ranking: np.ndarray,
+    quota: int,
+    rng: np.random.Generator,
+    beta: float,
+    bins: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    n = len(hardness)
+    dropped = min(int(np.floor(beta * n + 1e-9)), n - quota)
+    pool = ranking[dropped:]
+    values = hardness[pool]
+    low, high = values.min(), values.max()
+    if high > low:
+        edges = np.linspace(low, high, bins + 1)
+        which = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins - 1)
+    else:
+        which = np.zeros(len(pool), dtype=np.int64)
+    members = [pool[which == b] for b in range(bins)]
+    counts = ccs_bin_counts(np.array([len(m) for m in members]), quota)
+    picked, weights = [], []
+    for member, count in zip(members, counts):
+        if count == 0:
+            continue
+        picked.append(rng.choice(np.sort(member), size=count, replace=False))
+        weights.append(np.full(count, len(member) / count))
+    return np.concatenate(picked), np.concatenate(weights)
