@@ -1,0 +1,547 @@
+"""A study's TOML configuration, validated once, with one-sentence errors naming the field.
+
+A study crosses datasets × models × policies × seeds. Policies name methods from the data and
+weight families' registries (``prunus.data.SCORE_METHODS`` / ``SELECT_POLICIES``,
+``prunus.data.online.ONLINE_METHODS``, ``prunus.weights.WEIGHT_METHODS``), looked up when the
+config is validated, so a new method needs no change here. Baselines (full data, random subset,
+RS2, random pruning) are not configured: the grid always adds them.
+
+Example::
+
+    name = "quickstart"
+    seeds = [0, 1, 2]
+    keep = [0.3, 0.5]
+    targets = ["full-1pp"]
+
+    [[datasets]]
+    name = "mnist1d"
+    options = { train_size = 4000 }
+
+    [[models]]
+    name = "cnn1d"
+
+    [train]
+    epochs = 8
+
+    [[policies]]
+    score = "el2n"
+    select = "hardest"
+
+    [[policies]]
+    online = "rs2"
+
+    [[policies]]
+    weights = "magnitude"
+    sparsity = [0.8]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from prunus.config import StrictModel, TrainConfig
+from prunus.errors import PrunusError
+from prunus.study import plugins
+
+Fraction = Annotated[float, Field(gt=0, le=1)]
+Sparsity = Annotated[float, Field(ge=0, lt=1)]
+TARGET_PATTERN = re.compile(r"^full-(\d+(?:\.\d+)?)pp$")
+
+
+class DatasetConfig(StrictModel):
+    """One dataset: a registry name or a local file, its loader options and label noise."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    noise: float = Field(0.0, ge=0, lt=1)
+    noise_seed: int = Field(0, ge=0)
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _known_dataset(self) -> DatasetConfig:
+        from prunus.datasets.registry import FILE_SUFFIXES, get_entry
+
+        if self.name.endswith(FILE_SUFFIXES) or Path(self.name).is_dir():
+            if not Path(self.name).exists():
+                raise ValueError(f"file {self.name!r} does not exist")
+            return self
+        try:
+            allowed = get_entry(self.name).options()
+        except PrunusError as exc:
+            raise ValueError(str(exc).removeprefix("dataset ")) from None
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise ValueError(f"option {unknown[0]!r} is not one of: {names}")
+        return self
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class ModelConfig(StrictModel):
+    """One model: a registry name or ``package.module:factory``, with its options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from prunus.models import resolve_factory
+
+        try:
+            resolve_factory(name)
+        except PrunusError as exc:
+            raise ValueError(str(exc).removeprefix("model ")) from None
+        return name
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class ProxyConfig(StrictModel):
+    """How a static score is computed: short proxy runs of ``model``, averaged over ``seeds``.
+
+    ``epochs`` defaults to 20% of the study's epochs (at least 1), trained on the study's LR
+    schedule as the first epochs of a full run; ``model`` defaults to the run's model; ``train``
+    overrides the study's training settings for the proxy runs; ``options`` are the score
+    method's own settings (e.g. ``kind = "margin"`` for uncertainty).
+    """
+
+    model: str | None = None
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    epochs: int | None = Field(None, ge=1)
+    seeds: list[Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=1)] = 2
+    train: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_list(cls, seeds: list[int] | int) -> list[int]:
+        seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+        if not seeds:
+            raise ValueError("must name at least one seed")
+        return seeds
+
+    @field_validator("train")
+    @classmethod
+    def _train_overrides(cls, train: dict[str, Any]) -> dict[str, Any]:
+        return check_train_overrides(train)
+
+
+class PolicyConfig(StrictModel):
+    """One policy: exactly one of ``score`` (static data), ``online`` or ``weights``.
+
+    Static: ``score`` method, ``select`` policy (hardest, easiest, band, ccs…), ``stratify``,
+    ``select_options`` (e.g. CCS's ``beta``), ``proxy`` (how scores are computed).
+    Online: ``online`` method and its ``options``. Weights: ``weights`` method and its
+    ``options``. ``keep`` / ``sparsity`` default to the study's lists; ``train`` overrides
+    training settings for this policy's runs; ``label`` names it in the report.
+    """
+
+    score: str | None = None
+    select: str = "hardest"
+    stratify: bool = True
+    select_options: dict[str, Any] = Field(default_factory=dict)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    online: str | None = None
+    weights: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    keep: list[Fraction] | None = None
+    sparsity: list[Annotated[float, Field(gt=0, lt=1)]] | None = None
+    train: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PolicyConfig:
+        kinds = [k for k in ("score", "online", "weights") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("needs exactly one of score, online or weights")
+        if self.kind != "static":
+            for name in ("select_options",):
+                if getattr(self, name):
+                    raise ValueError(f"{name} applies only to static (score) policies")
+        if self.kind == "weights" and self.keep is not None:
+            raise ValueError("keep applies to data policies; a weight policy takes sparsity")
+        if self.kind != "weights" and self.sparsity is not None:
+            raise ValueError("sparsity applies to weight policies; a data policy takes keep")
+        check_train_overrides(self.train)
+        return self
+
+    @property
+    def kind(self) -> Literal["static", "online", "weights"]:
+        if self.score is not None:
+            return "static"
+        return "online" if self.online is not None else "weights"
+
+    @property
+    def method(self) -> str:
+        return self.score or self.online or self.weights or ""
+
+    @property
+    def display(self) -> str:
+        if self.label:
+            return self.label
+        if self.kind == "static":
+            return f"{display_name(self.method)}-{display_name(self.select)}"
+        return display_name(self.method)
+
+
+class ExecutionConfig(StrictModel):
+    """Where runs execute. ``workers`` > 1 uses a process pool; ``threads`` per run (0: auto)."""
+
+    executor: Literal["local", "ray"] = "local"
+    workers: int = Field(1, ge=1)
+    threads: int = Field(0, ge=0)
+    ray_address: str | None = None
+
+
+class StudyConfig(StrictModel):
+    """A whole study; see the module docstring for an example."""
+
+    name: str = "study"
+    seeds: list[Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=1)] = 3
+    keep: list[Fraction] = Field(default_factory=lambda: [0.5])
+    sparsity: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=list)
+    targets: list[float | str] = Field(default_factory=lambda: ["full-1pp"])
+    random_stratify: bool = True
+    cross: bool = False
+    datasets: list[DatasetConfig]
+    models: list[ModelConfig]
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    policies: list[PolicyConfig] = Field(default_factory=list)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_list(cls, seeds: list[int] | int) -> list[int]:
+        seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+        if not seeds:
+            raise ValueError("must name at least one seed (an empty list gives no runs)")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("must not repeat a seed")
+        return seeds
+
+    @field_validator("keep", "sparsity")
+    @classmethod
+    def _distinct(cls, values: list[float]) -> list[float]:
+        if len(set(values)) != len(values):
+            raise ValueError("must not repeat a value")
+        return sorted(values)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, targets: list[float | str]) -> list[float | str]:
+        for target in targets:
+            if isinstance(target, str):
+                if not TARGET_PATTERN.match(target):
+                    raise ValueError(
+                        f"must be accuracies in (0, 1] or 'full-<N>pp' such as 'full-1pp' "
+                        f"(got {target!r})"
+                    )
+            elif not 0 < target <= 1:
+                raise ValueError(f"must be accuracies in (0, 1] (got {target!r})")
+        return targets
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _no_seed(cls, train: Any) -> Any:
+        if isinstance(train, dict) and "seed" in train:
+            raise ValueError("seed is set per run by the study's seeds list; remove it")
+        return train
+
+    @field_validator("datasets", "models")
+    @classmethod
+    def _non_empty(cls, values: list) -> list:
+        if not values:
+            raise ValueError("must list at least one entry")
+        labels = [v.display for v in values]
+        if len(set(labels)) != len(labels):
+            raise ValueError("entries must have distinct names; set label to tell them apart")
+        return values
+
+    @model_validator(mode="after")
+    def _policies(self) -> StudyConfig:
+        seen: dict[str, int] = {}
+        for i, policy in enumerate(self.policies):
+            where = f"policies[{i}]"
+            check_method(policy, where, self.keeps_of(policy), self.sparsities_of(policy))
+            if policy.kind == "weights" and not (policy.sparsity or self.sparsity):
+                raise PolicyError(f"{where}.sparsity must list at least one sparsity in (0, 1) "
+                                  "(or set the study's sparsity list).")
+            reserved = RESERVED_LABELS[policy.kind]
+            if policy.display in reserved and (policy.label or policy.options or policy.train):
+                raise PolicyError(
+                    f"{where}.label: {policy.display!r} names a baseline the study adds itself; "
+                    "give this policy its own label."
+                )
+            if policy.display in seen:
+                raise PolicyError(
+                    f"{where}.label: {policy.display!r} is already the name of "
+                    f"policies[{seen[policy.display]}]; give one of them another label."
+                )
+            seen[policy.display] = i
+        return self
+
+    def keeps_of(self, policy: PolicyConfig) -> list[float]:
+        """The keep fractions a data policy runs at."""
+        return sorted(policy.keep) if policy.keep is not None else list(self.keep)
+
+    def sparsities_of(self, policy: PolicyConfig) -> list[float]:
+        """The sparsities a weight policy runs at."""
+        return sorted(policy.sparsity) if policy.sparsity is not None else list(self.sparsity)
+
+    def comparable(self) -> dict[str, Any]:
+        """The settings that decide results (execution settings left out), for resume checks."""
+        return json.loads(self.model_dump_json(exclude={"execution"}))
+
+
+RESERVED_LABELS = {
+    "static": ("full data", "random"),
+    "online": ("full data", "random", "RS2"),
+    "weights": ("dense", "random pruning"),
+}
+
+
+class PolicyError(ValueError):
+    """A cross-field policy problem whose message is already a full sentence."""
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study TOML file.
+
+    Raises:
+        PrunusError: missing file, malformed TOML, unknown key, bad value or unknown method,
+            as one sentence naming the field (e.g. ``policies[2].keep[0]``).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PrunusError(f"config file {str(path)!r} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PrunusError(f"config file {str(path)!r} could not be read ({exc}).") from None
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PrunusError(f"{path.name} is not valid TOML: {exc}.") from None
+    values.setdefault("name", path.stem)
+    return parse_config(values, source=path.name)
+
+
+def parse_config(values: dict[str, Any], source: str = "config") -> StudyConfig:
+    """Validate a study given as a dict (what ``tomllib`` returns)."""
+    try:
+        return StudyConfig(**values)
+    except ValidationError as exc:
+        raise PrunusError(describe_error(exc, source)) from None
+    except PolicyError as exc:  # raised outside pydantic's wrapping in some versions
+        raise PrunusError(str(exc)) from None
+
+
+def describe_error(exc: ValidationError, source: str = "config") -> str:
+    """The first problem as one sentence: ``policies[2].keep[0] must be ... (got 1.5).``"""
+    err = exc.errors()[0]
+    field = format_location(err["loc"])
+    kind, got, message = err["type"], err.get("input"), str(err.get("msg", ""))
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, PolicyError):
+        return str(cause)
+    message = message.removeprefix("Value error, ").rstrip(".")
+    if not field:
+        return f"{source}: {message}."
+    if kind == "extra_forbidden":
+        return f"{field} is not a known setting; remove it or check its spelling."
+    if kind == "missing":
+        return f"{field} is required but missing from {source}."
+    if kind == "literal_error":
+        return f"{field} must be one of {err['ctx']['expected']} (got {got!r})."
+    if kind in ("greater_than", "less_than_equal", "greater_than_equal", "less_than"):
+        return f"{field}: {message} (got {got!r})."
+    if kind == "value_error":
+        return f"{field} {message}."
+    return f"{field}: {message} (got {short(got)})."
+
+
+def format_location(loc: tuple) -> str:
+    """``('policies', 2, 'keep', 0)`` -> ``policies[2].keep[0]`` (union branch names dropped)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("list[", "int", "float", "str", "constrained-", "function-")):
+            continue  # pydantic names the union branch it tried; the user never wrote it
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_train_overrides(train: dict[str, Any]) -> dict[str, Any]:
+    """Training overrides must be :class:`TrainConfig` fields other than ``seed``."""
+    allowed = set(TrainConfig.model_fields) - {"seed"}
+    for key in train:
+        if key not in allowed:
+            raise ValueError(
+                f"has unknown training setting {key!r}; allowed: {', '.join(sorted(allowed))}"
+            )
+    try:
+        TrainConfig(**train)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ValueError(
+            f"setting {format_location(err['loc'])}: {err['msg'].rstrip('.')} "
+            f"(got {short(err.get('input'))})"
+        ) from None
+    return train
+
+
+def check_method(policy: PolicyConfig, where: str, keeps: list[float],
+                 sparsities: list[float]) -> None:
+    """Unknown method or selection names list the valid ones, looked up in the registries now;
+    each policy's settings are tried once at every keep fraction / sparsity it will run at."""
+    if policy.kind == "static":
+        methods = plugins.score_methods()
+        if methods is None:
+            raise PolicyError(f"{where}.score: static scoring is not available in this "
+                              "installation (prunus.data.score is missing).")
+        if policy.score not in methods:
+            raise PolicyError(choice_sentence(f"{where}.score", policy.score, methods))
+        policies = plugins.select_policies()
+        if policies is not None and policy.select not in policies:
+            raise PolicyError(choice_sentence(f"{where}.select", policy.select, policies))
+        unknown = plugins.unknown_score_option(policy.proxy.options)
+        if unknown:
+            raise PolicyError(f"{where}.proxy.options: {unknown!r} is not a setting of "
+                              f"score method {policy.score!r}.")
+        for keep in keeps:
+            dry_run(f"{where}.select_options", plugins.try_select, policy.select, keep,
+                    policy.stratify, policy.select_options)
+        if policy.proxy.model is not None:
+            try:
+                ModelConfig(name=policy.proxy.model)
+            except ValidationError:
+                from prunus.models import list_models
+
+                raise PolicyError(choice_sentence(
+                    f"{where}.proxy.model", policy.proxy.model,
+                    [*list_models(), "package.module:factory"],
+                )) from None
+    elif policy.kind == "online":
+        methods = plugins.online_methods()
+        if methods is None:
+            raise PolicyError(f"{where}.online: online selection is not available in this "
+                              "installation (prunus.data.online is missing).")
+        if policy.online not in methods:
+            raise PolicyError(choice_sentence(f"{where}.online", policy.online, methods))
+        for keep in keeps:
+            dry_run(f"{where}.options", plugins.online_callback, policy.online, keep, 0,
+                    **policy.options)
+    else:
+        methods = plugins.weight_methods()
+        if methods is None:
+            raise PolicyError(f"{where}.weights: weight sparsity is not available in this "
+                              "installation (prunus.weights.get_sparsifier is missing).")
+        if policy.weights not in methods:
+            raise PolicyError(choice_sentence(f"{where}.weights", policy.weights, methods))
+        for sparsity in sparsities:
+            dry_run(f"{where}.options", plugins.sparsifier, policy.weights, sparsity, 0,
+                    **policy.options)
+
+
+def dry_run(field: str, build, *args, **kwargs) -> None:
+    """Build a policy's callback (or selection) once now, so bad settings fail before any run."""
+    try:
+        build(*args, **kwargs)
+    except PrunusError as exc:
+        raise PolicyError(f"{field}: {str(exc).rstrip('.')}.") from None
+    except TypeError as exc:
+        raise PolicyError(f"{field}: {exc}.") from None
+
+
+def choice_sentence(field: str, value: object, allowed) -> str:
+    return f"{field} must be one of: {', '.join(sorted(map(str, allowed)))} (got {value!r})."
+
+
+DISPLAY_NAMES = {
+    "el2n": "EL2N", "grand": "GraNd", "aum": "AUM", "rs2": "RS2", "ccs": "CCS",
+    "snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow", "rigl": "RigL", "set": "SET",
+    "gmp": "GMP", "imp": "IMP", "infobatch": "InfoBatch", "rho_loss": "RHO-LOSS",
+    "graNet": "GraNet", "granet": "GraNet", "wanda": "Wanda",
+}
+
+
+def display_name(name: str) -> str:
+    """A method's name as people write it (``el2n`` -> ``EL2N``); unknown names unchanged."""
+    return DISPLAY_NAMES.get(name, name)
+
+
+def target_value(target: float | str, full_accuracy: float) -> float:
+    """An accuracy target: absolute, or ``full-<N>pp`` below full data's mean final accuracy."""
+    if isinstance(target, str):
+        match = TARGET_PATTERN.match(target)
+        assert match is not None  # validated
+        return full_accuracy - float(match.group(1)) / 100
+    return float(target)
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """Serialise plain data (dicts, lists, scalars) to TOML that ``tomllib`` reads back.
+
+    ``None`` values are left out (TOML has no null). Top-level dicts become ``[tables]``,
+    top-level lists of dicts ``[[arrays of tables]]``; deeper structures are inline.
+    """
+    head, tail = [], []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            tail.append(f"\n[{toml_key(key)}]")
+            tail += [f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items() if v is not None]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:
+                tail.append(f"\n[[{toml_key(key)}]]")
+                tail += [f"{toml_key(k)} = {toml_value(v)}" for k, v in item.items() if v is not None]
+        else:
+            head.append(f"{toml_key(key)} = {toml_value(value)}")
+    return "\n".join(head + tail) + "\n"
+
+
+def toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = [f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    raise PrunusError(f"cannot write a value of type {type(value).__name__} to TOML.")

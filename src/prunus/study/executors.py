@@ -1,0 +1,123 @@
+"""Where study tasks run: in this process, in a local process pool, or on Ray.
+
+Every backend is a ``concurrent.futures.Executor`` plus how many tasks to keep in flight and
+how workers report progress. The harness keeps at most ``capacity`` tasks in flight and writes
+each result as it arrives, so a killed study loses only the runs that were in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_module
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from prunus.errors import PrunusError, require
+
+
+@dataclass
+class Backend:
+    """An executor, its capacity, and the progress channel its tasks report to."""
+
+    executor: Executor
+    capacity: int
+    threads: int
+    reporter: Any = None  # passed to each task: a function (in-process) or a queue
+    _queue: Any = None
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        return self.executor.submit(fn, *args)
+
+    def messages(self) -> list[tuple[str, dict]]:
+        """Progress messages that workers sent since the last call."""
+        out = []
+        while self._queue is not None:
+            try:
+                out.append(self._queue.get_nowait())
+            except (queue_module.Empty, EOFError, OSError):
+                break
+        return out
+
+    def close(self, cancel: bool = False) -> None:
+        self.executor.shutdown(wait=not cancel, cancel_futures=cancel)
+        for closer in self._closers:
+            closer()
+
+
+class InlineExecutor(Executor):
+    """Runs each task at submit time in this process (one at a time, easy to debug)."""
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
+            future.set_exception(exc)
+        return future
+
+
+def make_backend(kind: str, workers: int, threads: int, on_event: Callable,
+                 ray_address: str | None = None) -> Backend:
+    """Build the executor for ``--executor kind --workers N``.
+
+    Args:
+        kind: ``local`` (in this process when ``workers`` is 1, else a spawn process pool) or
+            ``ray`` (one Ray task per run; local ``ray.init`` unless ``ray_address`` or the
+            ``RAY_ADDRESS`` environment variable names a cluster).
+        workers: tasks run at once.
+        threads: torch threads per task; 0 means: leave torch alone in-process, and share the
+            machine's cores evenly among pool workers.
+        on_event: progress callback ``on_event(event, info)`` for in-process runs.
+
+    Raises:
+        MissingExtraError: ``ray`` is asked for but not installed.
+    """
+    if kind == "ray":
+        return ray_backend(workers, threads, ray_address)
+    if kind != "local":
+        raise PrunusError(f"--executor must be one of: local, ray (got {kind!r}).")
+    if workers == 1:
+        return Backend(InlineExecutor(), 1, threads, reporter=on_event)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    manager = context.Manager()
+    channel = manager.Queue()
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    return Backend(pool, workers, threads, reporter=channel, _queue=channel,
+                   _closers=[manager.shutdown])
+
+
+def ray_backend(workers: int, threads: int, address: str | None) -> Backend:
+    """Ray tasks, one per run or score table; results come back to this process to be stored."""
+    ray = require("ray", "ray")
+    address = address or os.environ.get("RAY_ADDRESS")
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, log_to_driver=False, include_dashboard=False)
+        started = True
+    capacity = max(workers, 1) if not address else max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    executor = RayExecutor(ray)
+    closers = [ray.shutdown] if started else []
+    return Backend(executor, capacity, threads or 1, _closers=closers)
+
+
+class RayExecutor(Executor):
+    """``submit`` sends the function to Ray as a task and returns a plain ``Future``."""
+
+    def __init__(self, ray: Any) -> None:
+        self.ray = ray
+        self._remote: dict[Callable, Any] = {}
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(num_cpus=1)(fn)
+        return self._remote[fn].remote(*args, **kwargs).future()

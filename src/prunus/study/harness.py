@@ -1,0 +1,279 @@
+"""Run a study: validate → grid → score tables → runs → store → report.
+
+:func:`run_study` is what ``prunus study CONFIG`` calls. Score tables are computed first (each
+once, cached under ``scores/``); runs that need no scores start alongside, the others as soon
+as their table exists. Each finished run is written at once, so a killed study resumes with
+``resume=True`` and never redoes or corrupts a finished run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from prunus.errors import PrunusError
+from prunus.study.config import StudyConfig, load_config
+from prunus.study.executors import make_backend
+from prunus.study.grid import RunSpec, ScoreJob, expand_grid
+from prunus.study.runs import (
+    ScoreResult,
+    execute_run,
+    execute_score_job,
+    load_dataset,
+    make_row,
+    set_threads,
+)
+from prunus.study.store import StudyStore
+
+
+@dataclass
+class StudyResult:
+    """Where a study's results are, and what it concluded."""
+
+    out: Path
+    report: Path
+    runs: int
+    ran: int
+    failed: int
+    verdicts: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_study(
+    config: StudyConfig | str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    executor: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+) -> StudyResult:
+    """Run every run of a study that is not finished yet, then write ``report.html``.
+
+    Args:
+        config: a :class:`StudyConfig` or the path of a TOML file.
+        out: the study directory (created; must not hold another study unless ``resume``).
+        resume: continue the study already in ``out`` (same config), skipping finished runs.
+        executor: ``local`` or ``ray`` (default: the config's ``execution.executor``).
+        workers: runs at once (default: the config's ``execution.workers``).
+        progress: show a Rich progress display (runs, epochs, ETA) on ``console``.
+
+    Raises:
+        PrunusError: bad config, unusable ``out``, a missing extra, or a store write failing.
+    """
+    start = time.perf_counter()
+    if not isinstance(config, StudyConfig):
+        config = load_config(config)
+    execution = config.execution
+    executor = executor or execution.executor
+    workers = workers or execution.workers
+    if executor not in ("local", "ray"):
+        raise PrunusError(f"--executor must be one of: local, ray (got {executor!r}).")
+    if workers < 1:
+        raise PrunusError(f"--workers must be at least 1 (got {workers}).")
+
+    datasets = {d.display: load_dataset(d.model_dump()) for d in config.datasets}
+    runs, jobs = expand_grid(config, {name: ds.fingerprint for name, ds in datasets.items()})
+    store = StudyStore(out)
+    store.prepare(config, resume)
+    finished = store.finished_run_ids()
+    todo = [run for run in runs if run.run_id not in finished]
+    needed = {run.score_key for run in todo if run.score_key}
+    scores: dict[str, tuple[Any, float, float]] = {}
+    for job in jobs:
+        if job.key in needed and store.has_scores(job.key):
+            meta = store.read_score_meta(job.key)
+            scores[job.key] = (store.read_scores(job.key), meta["seconds"], meta["flops"])
+    pending_jobs = [job for job in jobs if job.key in needed and job.key not in scores]
+
+    display = StudyProgress(console or Console(stderr=True), enabled=progress)
+    display.start(todo, pending_jobs, already=len(runs) - len(todo))
+    backend = make_backend(executor, workers, execution.threads, display.event,
+                           execution.ray_address)
+    if backend.capacity == 1 and executor == "local" and execution.threads:
+        set_threads(execution.threads)
+    try:
+        schedule(backend, store, todo, pending_jobs, scores, display)
+    except BaseException:
+        display.stop()
+        backend.close(cancel=True)
+        raise
+    display.stop()
+    backend.close()
+
+    from prunus.study.report import write_report
+
+    store.consolidate()
+    report = write_report(store)
+    failed = len({row["run_id"] for row in store.read_runs().to_pylist()
+                  if row["final"] and row["status"] != "ok"})
+    return StudyResult(store.root, report.path, len(runs), len(todo), failed, report.verdicts,
+                       time.perf_counter() - start)
+
+
+def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJob],
+             scores: dict[str, tuple[Any, float, float]], display: StudyProgress) -> None:
+    """Keep up to ``backend.capacity`` tasks in flight, score tables first; store each result
+    as it arrives."""
+    waiting_jobs = list(jobs)
+    waiting_runs = list(todo)
+    failed_scores: dict[str, str] = {}
+    in_flight: dict[Future, tuple[str, Any]] = {}
+    busy_scores: set[str] = set()
+
+    def next_task() -> tuple[str, Any] | None:
+        if waiting_jobs:
+            return "score", waiting_jobs.pop(0)
+        for i, run in enumerate(waiting_runs):
+            if run.score_key is None or run.score_key in scores or run.score_key in failed_scores:
+                return "run", waiting_runs.pop(i)
+        return None
+
+    while True:
+        while len(in_flight) < backend.capacity:
+            task = next_task()
+            if task is None:
+                break
+            kind, item = task
+            if kind == "score":
+                busy_scores.add(item.key)
+                future = backend.submit(execute_score_job, item, backend.threads)
+            elif item.score_key in failed_scores:
+                finish_run(store, item, failed_run_rows(item, failed_scores[item.score_key]),
+                           display)
+                continue
+            else:
+                future = backend.submit(execute_run, item, scores.get(item.score_key),
+                                        backend.reporter, backend.threads)
+            in_flight[future] = task
+        if not in_flight:
+            if waiting_runs:  # pragma: no cover - every run's table is scheduled above
+                raise RuntimeError("runs are waiting for score tables that are not scheduled")
+            return
+        done, _ = wait(list(in_flight), timeout=0.25, return_when=FIRST_COMPLETED)
+        for message in backend.messages():
+            display.event(*message)
+        for future in done:
+            kind, item = in_flight.pop(future)
+            if kind == "score":
+                busy_scores.discard(item.key)
+                try:
+                    result: ScoreResult = future.result()
+                except PrunusError as exc:
+                    failed_scores[item.key] = f"scoring failed: {exc}"
+                    display.score_done(item, ok=False)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - recorded on the runs that needed it
+                    failed_scores[item.key] = f"scoring failed: {type(exc).__name__}: {exc}"
+                    display.score_done(item, ok=False)
+                    continue
+                store.write_scores(item.key, result.table, {
+                    **item.describe(), "seconds": result.seconds, "flops": result.flops,
+                    "shared_by": next(r.score_shared_by for r in todo if r.score_key == item.key),
+                })
+                scores[item.key] = (result.table, result.seconds, result.flops)
+                display.score_done(item, ok=True)
+            else:
+                try:
+                    rows = future.result()
+                except Exception as exc:  # noqa: BLE001 - a worker that died is a failed run
+                    rows = failed_run_rows(item, f"{type(exc).__name__}: {exc}")
+                finish_run(store, item, rows, display)
+
+
+def finish_run(store: StudyStore, run: RunSpec, rows: list[dict[str, Any]],
+               display: StudyProgress) -> None:
+    store.write_run(run.run_id, rows)
+    store.consolidate()
+    display.run_done(run, rows[-1]["status"])
+
+
+def failed_run_rows(run: RunSpec, reason: str) -> list[dict[str, Any]]:
+    row = make_row(run, {"epoch": 0, "step": 0}, "failed", reason, 0, 0.0, (0.0, 0.0))
+    row["final"] = True
+    return [row]
+
+
+class StudyProgress:
+    """Rich progress: score tables, runs done of total (with ETA), one bar per active run."""
+
+    def __init__(self, console: Console, enabled: bool = True) -> None:
+        self.console = console
+        self.enabled = enabled
+        self.progress: Progress | None = None
+        self.runs_task = None
+        self.scores_task = None
+        self.active: dict[str, Any] = {}
+        self.labels: dict[str, str] = {}
+
+    def start(self, todo: list[RunSpec], jobs: list[ScoreJob], already: int) -> None:
+        self.labels = {r.run_id: f"{r.policy} · seed {r.seed}" for r in todo}
+        if not self.enabled:
+            return
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        if jobs:
+            self.scores_task = self.progress.add_task("[bold]score tables", total=len(jobs),
+                                                      note="")
+        note = f"({already} done before)" if already else ""
+        self.runs_task = self.progress.add_task("[bold]runs", total=len(todo), note=note)
+
+    def event(self, event: str, info: dict[str, Any]) -> None:
+        if self.progress is None:
+            return
+        run_id = info.get("run_id")
+        if event == "fit_start":
+            label = escape(self.labels.get(run_id, run_id or ""))
+            self.active[run_id] = self.progress.add_task(
+                f"  {label}", total=info["epochs"], note="epochs")
+        elif event == "epoch_end" and run_id in self.active:
+            acc = info.get("accuracy")
+            note = f"acc {100 * acc:.1f}%" if isinstance(acc, float) and not math.isnan(acc) else ""
+            self.progress.update(self.active[run_id], completed=info["epoch"], note=note)
+
+    def run_done(self, run: RunSpec, status: str) -> None:
+        if self.progress is None:
+            return
+        task = self.active.pop(run.run_id, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        if status != "ok":
+            self.progress.console.print(f"[red]failed:[/] {escape(self.labels.get(run.run_id, ''))}")
+        self.progress.advance(self.runs_task)
+
+    def score_done(self, job: ScoreJob, ok: bool) -> None:
+        if self.progress is None or self.scores_task is None:
+            return
+        if not ok:
+            self.progress.console.print(f"[red]scoring failed:[/] {escape(job.key)}")
+        self.progress.advance(self.scores_task)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

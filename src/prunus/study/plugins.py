@@ -1,0 +1,117 @@
+"""What the data and weight families offer, looked up when asked (never cached).
+
+Each family registers its methods by name; the study harness reads those registries at
+validation time and calls the families' entry points at run time, so adding a method to a
+family needs no change here. A family that is not installed (or not written yet) reports
+``None``: its policies are then unavailable and its baselines are not added.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+
+
+def score_methods() -> Collection[str] | None:
+    """Static score methods (``prunus.data.SCORE_METHODS``), or None if scoring is absent."""
+    data = _module("prunus.data")
+    if data is None or not hasattr(data, "score"):
+        return None
+    return tuple(getattr(data, "SCORE_METHODS", ()))
+
+
+def select_policies() -> Collection[str] | None:
+    """Selection policies (``prunus.data.SELECT_POLICIES``), or None if selection is absent."""
+    data = _module("prunus.data")
+    if data is None or not hasattr(data, "select"):
+        return None
+    return tuple(getattr(data, "SELECT_POLICIES", ()))
+
+
+def online_methods() -> Collection[str] | None:
+    """Online selection methods (``prunus.data.online.ONLINE_METHODS``), or None if absent."""
+    online = _module("prunus.data.online")
+    if online is None or not hasattr(online, "get_online"):
+        return None
+    return tuple(getattr(online, "ONLINE_METHODS", ()))
+
+
+def weight_methods() -> Collection[str] | None:
+    """Weight sparsity methods (``prunus.weights.WEIGHT_METHODS``), or None if absent."""
+    weights = _module("prunus.weights")
+    if weights is None or not hasattr(weights, "get_sparsifier"):
+        return None
+    return tuple(getattr(weights, "WEIGHT_METHODS", ()))
+
+
+def has_random_select() -> bool:
+    """Whether ``prunus.data.select`` offers the 'random' policy (else the harness draws it)."""
+    policies = select_policies()
+    return policies is not None and "random" in policies
+
+
+def compute_scores(dataset, *, model: str, method: str, epochs: int, seeds: list[int],
+                   **settings: Any):
+    """``prunus.data.score(...)``: a score table from short proxy runs."""
+    from prunus.data import score
+
+    return score(dataset, model=model, method=method, epochs=epochs, seeds=seeds, **settings)
+
+
+def select_ids(table, fraction: float, policy: str, stratify: bool, seed: int,
+               **options: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """``prunus.data.select(...)`` as (ids, optional per-example loss weights)."""
+    from prunus.data import select
+
+    result = select(table, fraction, policy=policy, stratify=stratify, seed=seed, **options)
+    if isinstance(result, tuple):
+        ids, weights = result
+        return np.asarray(ids, dtype=np.int64), None if weights is None else np.asarray(weights)
+    return np.asarray(result, dtype=np.int64), None
+
+
+def online_callback(name: str, keep: float, seed: int, **settings: Any):
+    """``prunus.data.online.get_online(...)``: a trainer callback choosing data online."""
+    from prunus.data.online import get_online
+
+    return get_online(name, keep=keep, seed=seed, **settings)
+
+
+def sparsifier(method: str, sparsity: float, seed: int, **settings: Any):
+    """``prunus.weights.get_sparsifier(...)``: a trainer callback applying a mask schedule."""
+    from prunus.weights import get_sparsifier
+
+    return get_sparsifier(method, sparsity=sparsity, seed=seed, **settings)
+
+
+def try_select(policy: str, fraction: float, stratify: bool, options: dict[str, Any]) -> None:
+    """Run a selection on a tiny made-up table, to check its settings before any run."""
+    from prunus.data import ScoreTable
+
+    n = 40
+    table = ScoreTable(np.arange(n), np.arange(n) % 2, {"score": np.linspace(0.0, 1.0, n)})
+    select_ids(table, fraction, policy, stratify, 0, **options)
+
+
+def unknown_score_option(options: dict[str, Any]) -> str | None:
+    """The first key of ``options`` that ``prunus.data.score`` does not take, else None."""
+    import inspect
+
+    from prunus.data import score
+
+    reserved = {"dataset", "model", "method", "epochs", "seeds", "progress", "full_epochs",
+                "proxy_fraction", "model_options", "batch_size", "train_settings"}
+    params = inspect.signature(score).parameters
+    return next((k for k in options if k in reserved or k not in params), None)
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name):
+            return None
+        raise

@@ -1,0 +1,311 @@
+"""Execute one run (or one score table) of a study; plain functions, so any executor can.
+
+:func:`execute_run` loads the dataset, applies the data arm (random subset, static selection
+from a score table, or an online callback) and the weight arm (a sparsifier callback), trains
+with the run's seed, and returns one row per evaluation with every cost charged: training,
+selection, and the run's share of the score table it used. A run whose loss diverges (or that
+raises) is returned as ``failed`` with the reason; the study goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from prunus.study import plugins
+from prunus.study.grid import DENSE, FULL, ONLINE, RANDOM, STATIC, RunSpec, ScoreJob
+from prunus.train.events import Callback
+
+Reporter = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class ScoreResult:
+    """A computed score table and what it cost (wall seconds and FLOPs of the proxy runs)."""
+
+    key: str
+    table: Any
+    seconds: float
+    flops: float
+
+
+def execute_score_job(job: ScoreJob, threads: int = 0) -> ScoreResult:
+    """Compute the score table of ``job``, timing it; its cost is shared by the runs using it."""
+    set_threads(threads)
+    dataset = load_dataset(job.dataset)
+    start = time.perf_counter()
+    table = plugins.compute_scores(
+        dataset, model=job.model, method=job.method, epochs=job.epochs, seeds=list(job.seeds),
+        full_epochs=job.full_epochs, model_options=job.model_options or None,
+        **job.options, **job.train,
+    )
+    seconds = time.perf_counter() - start
+    return ScoreResult(job.key, table, seconds, table_flops(table))
+
+
+def execute_run(
+    spec: RunSpec,
+    scores: tuple[Any, float, float] | None = None,
+    reporter: Reporter | Any | None = None,
+    threads: int = 0,
+) -> list[dict[str, Any]]:
+    """Train one run of a study and return its rows (one per evaluation).
+
+    Args:
+        spec: the run (dataset, model, data and weight arms, seed, training settings).
+        scores: ``(score table, its wall seconds, its FLOPs)`` for a static data arm.
+        reporter: called as ``reporter(event, info)`` at fit start and after each evaluation
+            (a queue with ``put`` works too, for process pools).
+        threads: torch threads for this run (0 leaves torch's setting alone).
+    """
+    set_threads(threads)
+    report = as_reporter(reporter)
+    dataset = load_dataset(spec.dataset)
+    recorder = Recorder(spec, report)
+    share = 0.0, 0.0
+    if scores is not None and spec.score_shared_by:
+        _, seconds, flops = scores
+        share = seconds / spec.score_shared_by, flops / spec.score_shared_by
+    selection_seconds = 0.0
+    status, error = "ok", ""
+    train_examples = len(dataset)
+    try:
+        start = time.perf_counter()
+        train_data, callbacks = apply_data_arm(spec, dataset, scores)
+        selection_seconds = time.perf_counter() - start
+        train_examples = len(train_data)
+        if spec.weights.kind != DENSE:
+            callbacks.append(plugins.sparsifier(spec.weights.method, spec.weights.sparsity,
+                                                spec.seed, **json.loads(spec.weights.options)))
+        run_trainer(spec, train_data, [*callbacks, recorder])
+    except Exception as exc:  # noqa: BLE001 - a diverging or broken run is a result
+        status, error = "failed", failure_reason(exc)
+    rows = [
+        make_row(spec, entry, status, error, train_examples, selection_seconds, share)
+        for entry in recorder.history
+    ]
+    if not rows:
+        rows = [make_row(spec, {"epoch": 0, "step": 0, "end_of_epoch": False}, status, error,
+                         train_examples, selection_seconds, share)]
+    rows[-1]["final"] = True
+    report("run_end", {"run_id": spec.run_id, "status": status})
+    return rows
+
+
+def apply_data_arm(spec: RunSpec, dataset, scores) -> tuple[Any, list]:
+    """The training data and callbacks a run's data arm asks for."""
+    data = spec.data
+    if data.kind == FULL:
+        return dataset, []
+    if data.kind == ONLINE:
+        return dataset, [plugins.online_callback(data.method, data.keep, spec.seed,
+                                                 **json.loads(data.options))]
+    weights = None
+    if data.kind == RANDOM or data.select == "random":
+        if plugins.has_random_select():
+            ids, weights = plugins.select_ids(
+                id_table(dataset), data.keep, "random", data.stratify, spec.seed)
+        else:
+            ids = random_subset(dataset.ids, dataset.y, data.keep, data.stratify, spec.seed)
+    elif data.kind == STATIC:
+        table = scores[0]
+        ids, weights = plugins.select_ids(table, data.keep, data.select, data.stratify,
+                                          spec.seed, **json.loads(data.select_options))
+    else:  # pragma: no cover - grid builds only the kinds above
+        raise ValueError(f"unknown data arm {data.kind!r}")
+    subset = dataset.subset(np.sort(ids)) if weights is None else dataset.subset(ids)
+    return subset, ([] if weights is None else [ExampleWeights(ids, weights, spec.seed)])
+
+
+def run_trainer(spec: RunSpec, train_data, callbacks: list) -> None:
+    from prunus.config import TrainConfig
+    from prunus.models import build_model
+    from prunus.train import Trainer
+
+    model = build_model(spec.model["name"], train_data.input_shape, train_data.num_classes,
+                        seed=spec.seed, **spec.model["options"])
+    config = TrainConfig(**spec.train, seed=spec.seed)
+    Trainer(model, train_data, callbacks=callbacks, config=config).fit()
+
+
+def random_subset(ids: np.ndarray, labels: np.ndarray, fraction: float, stratify: bool,
+                  seed: int) -> np.ndarray:
+    """A uniformly random subset of ``floor(fraction * N)`` ids (at least one), sorted.
+
+    Stratified: each class keeps ``floor(fraction * n_c)`` of its ids, and the ids still
+    missing to reach the total are drawn at random from the classes' leftovers, so the
+    per-class shares are preserved to within one example.
+    """
+    rng = np.random.default_rng(seed)
+    total = max(1, math.floor(fraction * len(ids)))
+    if not stratify:
+        return np.sort(rng.choice(ids, size=total, replace=False))
+    chosen, rest = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(ids[labels == label])
+        take = math.floor(fraction * len(members))
+        chosen.append(members[:take])
+        rest.append(members[take:])
+    chosen_ids = np.concatenate(chosen)
+    missing = total - len(chosen_ids)
+    if missing > 0:
+        chosen_ids = np.concatenate([chosen_ids, rng.choice(np.concatenate(rest), missing,
+                                                            replace=False)])
+    return np.sort(chosen_ids)
+
+
+class Recorder(Callback):
+    """Trainer callback: adds sparsity to each evaluation row and reports progress."""
+
+    def __init__(self, spec: RunSpec, report: Reporter) -> None:
+        self.spec = spec
+        self.report = report
+        self.history: list[dict[str, Any]] = []
+
+    def on_fit_start(self, state) -> None:
+        self.history = state.history
+        self.report("fit_start", {"run_id": self.spec.run_id, "epochs": state.config.epochs})
+
+    def on_evaluation(self, state) -> None:
+        row = state.last_eval
+        row["achieved_sparsity"] = float(state.extra.get("sparsity", 0.0))
+        row["density"] = float(state.meter.density)
+        if row.get("end_of_epoch"):
+            self.report("epoch_end", {"run_id": self.spec.run_id, "epoch": row["epoch"],
+                                      "accuracy": row.get("accuracy")})
+
+
+
+class ExampleWeights(Callback):
+    """Trainer callback for selections that come with per-example loss weights."""
+
+    def __init__(self, ids: np.ndarray, weights: np.ndarray, seed: int) -> None:
+        order = np.argsort(ids)
+        self.ids, self.weights, self.seed = ids[order], np.asarray(weights)[order], seed
+
+    def on_epoch_start(self, state) -> None:
+        rows = state.train.positions(self.ids)
+        perm = np.random.default_rng([self.seed, state.epoch]).permutation(len(rows))
+        state.epoch_ids = state.train.ids[rows[perm]]
+        state.epoch_weights = self.weights[perm]
+
+
+def make_row(spec: RunSpec, entry: dict[str, Any], status: str, error: str,
+             train_examples: int, selection_seconds: float,
+             share: tuple[float, float]) -> dict[str, Any]:
+    """One store row from a trainer history entry plus the run's fixed facts and charges."""
+    nan = float("nan")
+    scoring_seconds = share[0] + entry.get("scoring_seconds", 0.0)
+    selection = selection_seconds + entry.get("selection_seconds", 0.0)
+    train_seconds = entry.get("train_seconds", 0.0)
+    return {
+        "run_id": spec.run_id,
+        "run_index": spec.index,
+        "setting": spec.setting,
+        "dataset": spec.dataset.get("label") or spec.dataset["name"],
+        "model": spec.model.get("label") or spec.model["name"],
+        "policy": spec.policy,
+        "data_policy": spec.data.label,
+        "data_kind": spec.data.kind,
+        "keep": spec.data.keep,
+        "weight_policy": spec.weights.label,
+        "sparsity": spec.weights.sparsity,
+        "seed": spec.seed,
+        "baseline": spec.baseline,
+        "status": status,
+        "error": error,
+        "epoch": int(entry.get("epoch", 0)),
+        "step": int(entry.get("step", 0)),
+        "end_of_epoch": bool(entry.get("end_of_epoch", False)),
+        "final": False,
+        "accuracy": float(entry.get("accuracy", nan)),
+        "loss": float(entry.get("loss", nan)),
+        "train_examples": int(train_examples),
+        "train_seconds": train_seconds,
+        "eval_seconds": entry.get("eval_seconds", 0.0),
+        "scoring_seconds": scoring_seconds,
+        "selection_seconds": selection,
+        "cost_seconds": train_seconds + scoring_seconds + selection,
+        "examples_forwarded": int(entry.get("examples_forwarded", 0)),
+        "examples_backpropagated": int(entry.get("examples_backpropagated", 0)),
+        "flops": float(entry.get("flops", 0.0)) + share[1],
+        "scoring_flops": share[1],
+        "flops_theoretical": entry.get("density", 1.0) < 1.0 or spec.weights.kind != DENSE,
+        "achieved_sparsity": float(entry.get("achieved_sparsity", 0.0)),
+        "score_table": spec.score_key,
+        "score_table_seconds": None if spec.score_key is None else share[0] * spec.score_shared_by,
+        "score_shared_by": spec.score_shared_by,
+        "peak_memory_mb": float(entry.get("peak_memory_mb", nan)),
+    }
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line: the user-facing sentence for prunus errors, type and place for others."""
+    from prunus.errors import PrunusError
+
+    if isinstance(exc, PrunusError):
+        return str(exc)
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    place = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
+    return f"{type(exc).__name__}: {exc}{place}"
+
+
+def table_flops(table: Any) -> float:
+    """FLOPs a score table records having spent (0 where it records none)."""
+    for source in (table, getattr(table, "meta", None), getattr(table, "metadata", None)):
+        if source is None:
+            continue
+        for name in ("flops", "cost_flops", "scoring_flops"):
+            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+            if isinstance(value, (int, float)):
+                return float(value)
+        cost = source.get("cost") if isinstance(source, dict) else getattr(source, "cost", None)
+        if isinstance(cost, dict) and isinstance(cost.get("flops"), (int, float)):
+            return float(cost["flops"])
+    return 0.0
+
+
+_DATASETS: dict[str, Any] = {}
+
+
+def load_dataset(entry: dict[str, Any]):
+    """Load (once per process) the dataset a run or score job names."""
+    from prunus.datasets import load
+
+    key = json.dumps(entry, sort_keys=True, default=str)
+    if key not in _DATASETS:
+        _DATASETS[key] = load(entry["name"], noise=entry.get("noise", 0.0),
+                              noise_seed=entry.get("noise_seed", 0), **entry.get("options", {}))
+    return _DATASETS[key]
+
+
+def id_table(dataset):
+    """A score table with one constant column, for ``select(policy='random')``."""
+    from prunus.data import ScoreTable
+
+    return ScoreTable(dataset.ids, dataset.y, {"constant": np.zeros(len(dataset))},
+                      metadata={"dataset": {"name": dataset.name,
+                                            "fingerprint": dataset.fingerprint}})
+
+
+def set_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def as_reporter(reporter: Reporter | Any | None) -> Reporter:
+    if reporter is None:
+        return lambda event, info: None
+    if hasattr(reporter, "put"):
+        return lambda event, info: reporter.put((event, info))
+    return reporter
