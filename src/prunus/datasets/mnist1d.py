@@ -70,12 +70,11 @@ def make_mnist1d(
     test_size = _check_int("test_size", test_size, 1, MAX_SIZE)
     seed = _check_int("seed", seed, 0, 2**63 - 1)
     options = {"train_size": train_size, "test_size": test_size, "seed": seed}
-    recipe = _recipe()
-    path = cache_path(recipe, **options) if cache else None
+    path = cache_path(**options) if cache else None
 
     arrays = _read_cache(path, train_size, test_size) if path is not None else None
     if arrays is None:
-        arrays = _generate_splits(recipe, train_size, test_size, seed)
+        arrays = _generate_splits(_recipe(), train_size, test_size, seed)
         if path is not None:
             _write_cache(path, arrays)
 
@@ -114,12 +113,20 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("prunus"))
 
 
-def cache_path(
-    recipe: _Recipe | None = None, *, train_size: int, test_size: int, seed: int
-) -> Path:
-    """The cache file of one set of options (the name also carries a hash of the recipe)."""
-    recipe = recipe or _recipe()
-    name = f"mnist1d-seed{seed}-train{train_size}-test{test_size}-{recipe.key}.npz"
+def cache_path(*, train_size: int, test_size: int, seed: int) -> Path:
+    """The cache file of one set of options; its name also carries a hash of the recipe version,
+    its constants and the installed mnist1d version (read without importing the package, which
+    is slow to import: a cache hit must not pay for it)."""
+    from importlib import metadata
+
+    try:
+        package_version = metadata.version("mnist1d")
+    except metadata.PackageNotFoundError:
+        require("mnist1d", "datasets")  # raises the MissingExtraError that names the extra
+        package_version = "unknown"
+    recipe = [RECIPE_VERSION, BLOCK, REFERENCE_SIZE, REFERENCE_SEED, package_version]
+    digest = hashlib.blake2b(json.dumps(recipe).encode(), digest_size=6).hexdigest()
+    name = f"mnist1d-seed{seed}-train{train_size}-test{test_size}-v{RECIPE_VERSION}-{digest}.npz"
     return cache_dir() / "datasets" / name
 
 
@@ -147,19 +154,6 @@ class _Recipe:
             raise PrunusError("mnist1d: the shuffle_seq variant is not supported.")
         self.length = self.template_len + self.pad_high  # 72: length after dilation
         self.dilated = self._dilate_all()  # (10, n_paddings, 72)
-        settings = {
-            k: v for k, v in args.items() if k not in ("num_samples", "seed", "url", "train_split")
-        }
-        digest = hashlib.blake2b(digest_size=6)
-        digest.update(
-            json.dumps(
-                [RECIPE_VERSION, BLOCK, REFERENCE_SIZE, REFERENCE_SEED, settings],
-                sort_keys=True,
-                default=str,
-            ).encode()
-        )
-        digest.update(self.templates.tobytes())
-        self.key = f"v{RECIPE_VERSION}-{digest.hexdigest()}"
 
     def _dilate_all(self) -> np.ndarray:
         # Padding takes one of 25 lengths, so "pad then dilate" has only 10 x 25 outcomes: the
