@@ -86,28 +86,53 @@ def synflow(
 ) -> Scores:
     """SynFlow (Tanaka et al. 2020, *Pruning neural networks without any data by iteratively
     conserving synaptic flow*), one scoring round: with every parameter and buffer replaced by
-    its absolute value (float64, eval mode) and an all-ones input, R = 1ᵀ f(1) and the score is
+    its absolute value (eval mode) and an all-ones input, R = 1ᵀ f(1) and the score is
     |θ ⊙ ∂R/∂θ|. Data-free: only the input shape is needed (``input_shape``, or taken from
-    ``data``). The iterative schedule (100 rounds toward the target) is in :func:`prunus.weights.prune`.
+    ``data``). The iterative schedule (100 rounds toward the target) is in
+    :func:`prunus.weights.prune`. Computed in float32, again in float64 if R overflows.
     """
     if input_shape is None:
         if data is None:
             raise PrunusError("synflow needs input_shape (e.g. (1, 40)) when no data is given.")
         input_shape = tuple(_as_batches(data, 1, 0, torch.device("cpu"))[0][0].shape[1:])
-    probe, params = _probe(model, targets)
-    probe.double().eval()
-    with torch.no_grad():
-        for tensor in list(probe.parameters()) + list(probe.buffers()):
-            if tensor.is_floating_point():
-                tensor.abs_()
-    device = params[0].device
-    ones = torch.ones((1, *input_shape), dtype=torch.float64, device=device)
-    total = probe(ones).sum()
-    grads = torch.autograd.grad(total, params)
-    return {
-        t.name: (p.detach() * g).abs().to(dtype=t.weight.dtype, device=t.weight.device)
-        for t, p, g in zip(targets, params, grads)
-    }
+    return SynFlowProbe(model, targets, tuple(input_shape)).scores()
+
+
+class SynFlowProbe:
+    """A linearised copy of the model (|θ|, eval mode) reused across SynFlow rounds."""
+
+    def __init__(self, model: nn.Module, targets: list[Target], input_shape: tuple[int, ...]) -> None:
+        self.targets = targets
+        self.input_shape = input_shape
+        self.probe, self.params = _probe(model, targets)
+        self.probe.eval()
+        with torch.no_grad():
+            for tensor in list(self.probe.parameters()) + list(self.probe.buffers()):
+                if tensor.is_floating_point():
+                    tensor.abs_()
+        self.base = [p.detach().clone() for p in self.params]
+
+    def scores(self, masks: dict[str, torch.Tensor] | None = None) -> Scores:
+        """Scores with the weights of ``targets`` restricted to ``masks`` (kept = True)."""
+        with torch.no_grad():
+            for t, p, b in zip(self.targets, self.params, self.base):
+                mask = None if masks is None else masks.get(t.name)
+                p.copy_(b if mask is None else b * mask.to(b.device))
+        grads, total = self._round()
+        if not torch.isfinite(total):
+            self.probe.double()
+            self.base = [b.double() for b in self.base]
+            grads, total = self._round()
+        return {
+            t.name: (p.detach() * g).abs().to(dtype=t.weight.dtype, device=t.weight.device)
+            for t, p, g in zip(self.targets, self.params, grads)
+        }
+
+    def _round(self):
+        p0 = self.params[0]
+        ones = torch.ones((1, *self.input_shape), dtype=p0.dtype, device=p0.device)
+        total = self.probe(ones).sum()
+        return torch.autograd.grad(total, self.params), total.detach()
 
 
 CRITERIA: dict[str, Callable[..., Scores]] = {

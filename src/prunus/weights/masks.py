@@ -259,38 +259,45 @@ def plain_copy(model: nn.Module) -> nn.Module:
 def sparsity_report(model: nn.Module, targets: list[Target] | None = None) -> list[dict]:
     """Per-layer and total sparsity of the effective weights.
 
-    Returns rows ``{"layer", "shape", "params", "zeros", "sparsity", "masked"}`` for each
-    target (default: every masked weight, or every linear/conv weight when none is masked), and
-    a last row with ``layer == "total"``. ``zeros`` counts exact zeros of the effective weight.
+    Returns rows ``{"layer", "shape", "params", "pruned", "zeros", "sparsity", "masked"}`` for
+    each target (default: every masked weight, or every linear/conv weight when none is
+    masked), and a last row with ``layer == "total"``. ``pruned`` counts masked-out weights (the
+    exact contract), ``zeros`` exact zeros of the effective weight (≥ ``pruned``: e.g. a weight
+    regrown at 0 that has not moved yet), and ``sparsity`` is ``pruned/params`` for masked
+    layers and ``zeros/params`` for unmasked ones (e.g. after :func:`remove`).
     """
     if targets is None:
         targets = masked_targets(model) or prunable_weights(model)
     rows = []
-    total_params = total_zeros = 0
     with torch.no_grad():
         for target in targets:
             effective = getattr(target.module, target.attr)
+            mask = target.mask_module
             zeros = int((effective == 0).sum())
+            pruned = int((~mask.mask).sum()) if mask is not None else 0
             n = effective.numel()
+            removed = pruned if mask is not None else zeros
             rows.append(
                 {
                     "layer": target.name,
                     "shape": tuple(effective.shape),
                     "params": n,
+                    "pruned": pruned,
                     "zeros": zeros,
-                    "sparsity": zeros / n if n else 0.0,
-                    "masked": target.mask_module is not None,
+                    "sparsity": removed / n if n else 0.0,
+                    "masked": mask is not None,
                 }
             )
-            total_params += n
-            total_zeros += zeros
+    total = sum(r["params"] for r in rows)
+    removed = sum(r["pruned"] if r["masked"] else r["zeros"] for r in rows)
     rows.append(
         {
             "layer": "total",
             "shape": (),
-            "params": total_params,
-            "zeros": total_zeros,
-            "sparsity": total_zeros / total_params if total_params else 0.0,
+            "params": total,
+            "pruned": sum(r["pruned"] for r in rows),
+            "zeros": sum(r["zeros"] for r in rows),
+            "sparsity": removed / total if total else 0.0,
             "masked": any(r["masked"] for r in rows),
         }
     )

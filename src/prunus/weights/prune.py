@@ -95,9 +95,13 @@ def prune(
     params = next(iter(model.parameters()))
     settings.setdefault("device", params.device)
     total = sum(t.numel for t in targets)
+    probe = _synflow_probe(model, targets, data, settings) if method == "synflow" and rounds > 1 else None
     for i in range(1, rounds + 1):
         step_sparsity = sparsity if i == rounds else 1.0 - (1.0 - sparsity) ** (i / rounds)
-        scores = score(model, targets, method, data=data, seed=seed, **settings)
+        if probe is not None:
+            scores = probe.scores(masks_of(model))
+        else:
+            scores = score(model, targets, method, data=data, seed=seed, **settings)
         scores = _keep_pruned_out(model, targets, scores)
         if nm is not None:
             masks = nm_masks(scores, *nm)
@@ -108,6 +112,17 @@ def prune(
     if nm is None:
         assert pruned == pruned_count(sparsity, total), (pruned, sparsity, total)
     return masks
+
+
+def _synflow_probe(model, targets, data, settings):
+    from prunus.weights.criteria import SynFlowProbe, _as_batches
+
+    shape = settings.get("input_shape")
+    if shape is None:
+        if data is None:
+            raise PrunusError("synflow needs input_shape (e.g. (1, 40)) when no data is given.")
+        shape = tuple(_as_batches(data, 1, 0, torch.device("cpu"))[0][0].shape[1:])
+    return SynFlowProbe(model, targets, tuple(shape))
 
 
 def _keep_pruned_out(model: nn.Module, targets: list[Target], scores: dict) -> dict:
