@@ -43,6 +43,9 @@ def score_command(
     window: int = typer.Option(10, min=2, help="dynamic_uncertainty: presentations per window"),
     noise: float = typer.Option(0.0, help="symmetric label-noise rate"),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
+    model_option: list[str] | None = typer.Option(
+        None, "--model-option", "-m", help="model factory name=value (e.g. width=32)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the table's metadata as JSON"),
 ) -> None:
     """Score every training example with short proxy runs and write a Parquet score table."""
@@ -86,6 +89,7 @@ def score_command(
             data, model=model, method=method, epochs=epochs, full_epochs=full_epochs,
             proxy_fraction=proxy_fraction, seeds=list(range(seeds)), batch_size=batch_size,
             kind=kind, clusters=clusters, window=window,
+            model_options=parse_options(model_option, "--model-option"),
             progress=None if progress is None else report, **settings,
         )
     finally:
