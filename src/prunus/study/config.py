@@ -122,7 +122,8 @@ class ProxyConfig(StrictModel):
     model: str | None = None
     model_options: dict[str, Any] = Field(default_factory=dict)
     epochs: int | None = Field(None, ge=1)
-    seeds: list[Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=1)] = 2
+    seeds: list[Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=1)] = Field(
+        2, validate_default=True)
     train: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -211,7 +212,8 @@ class StudyConfig(StrictModel):
     """A whole study; see the module docstring for an example."""
 
     name: str = "study"
-    seeds: list[Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=1)] = 3
+    seeds: list[Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=1)] = Field(
+        3, validate_default=True)
     keep: list[Fraction] = Field(default_factory=lambda: [0.5])
     sparsity: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=list)
     targets: list[float | str] = Field(default_factory=lambda: ["full-1pp"])

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from prunus.study.stats import ArmSummary, Estimate, summarize
+from prunus.study.stats import ArmSummary, Estimate, WinRate, summarize
 from prunus.study.store import StudyStore, atomic_write_text
 
 MINUS = "\u2212"
@@ -71,10 +71,9 @@ def verdict(s: ArmSummary) -> str:
         if s.vs_full is not None:
             parts.append(f"{pp(s.vs_full.mean)} vs {reference} {interval(s.vs_full)}")
         if s.vs_random is not None:
-            wins, n = s.wins_vs_random or (0, 0)
             rival = "random pruning" if s.data_kind == "full" else "random"
             parts.append(f"{pp(s.vs_random.mean)} vs {rival} {interval(s.vs_random)}"
-                         f" (better in {count(wins)}/{n} seeds)")
+                         f" ({wins_text(s.wins_vs_random)})")
         parts.append(time_phrase(s))
         text = f"{s.policy}: " + ", ".join(parts)
     if s.failures:
@@ -97,7 +96,7 @@ def time_phrase(s: ArmSummary) -> str:
     elif s.data_kind == "online":
         text += " including selection"
     if s.flops_theoretical and not math.isnan(s.flops_ratio.mean):
-        text += f", {s.flops_ratio.mean:.2f}× its FLOPs (theoretical)"
+        text += f", {s.flops_ratio.mean:.2f}× {reference} FLOPs (theoretical)"
     return text
 
 
@@ -119,8 +118,11 @@ def interval(e: Estimate, pct_bounds: bool = False) -> str:
     return f"[{100 * e.low:+.1f}, {100 * e.high:+.1f}]".replace("-", MINUS)
 
 
-def count(wins: float) -> str:
-    return f"{wins:g}"
+def wins_text(w: WinRate | None) -> str:
+    if w is None:
+        return ""
+    ties = f", {w.ties} tie{'s' * (w.ties != 1)}" if w.ties else ""
+    return f"better in {w.wins}/{w.n} seeds{ties}"
 
 
 # -- page -----------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def summary_table(arms: list[ArmSummary]) -> str:
             "× full time, scores paid alone", "× full FLOPs", "on frontier"]
     body = []
     for s in arms:
-        wins = f"{count(s.wins_vs_random[0])}/{s.wins_vs_random[1]}" if s.wins_vs_random else ""
+        wins = wins_text(s.wins_vs_random).removeprefix("better in ")
         body.append([
             text(s.policy), num(s.keep, f"{100 * s.keep:g}%"),
             num(s.sparsity, f"{100 * s.sparsity:g}%"),

@@ -80,11 +80,26 @@ def paired_ratio(a: Mapping[int, float], b: Mapping[int, float], seed: int = 0) 
     return mean_ci([a[s] / b[s] for s in seeds], seed=seed)
 
 
-def win_rate(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[float, int]:
-    """(wins, paired seeds): seeds where ``a`` > ``b`` count 1, ties ½."""
+@dataclass(frozen=True)
+class WinRate:
+    """Paired seeds where an arm beat (``wins``) or tied (``ties``) another, of ``n``."""
+
+    wins: int
+    ties: int
+    n: int
+
+    @property
+    def rate(self) -> float:
+        """Share of seeds won, ties counting half (NaN without paired seeds)."""
+        return (self.wins + 0.5 * self.ties) / self.n if self.n else math.nan
+
+
+def win_rate(a: Mapping[int, float], b: Mapping[int, float]) -> WinRate:
+    """How often ``a`` beats ``b`` over the seeds both have."""
     seeds = sorted(set(a) & set(b))
-    wins = sum(1.0 if a[s] > b[s] else 0.5 if a[s] == b[s] else 0.0 for s in seeds)
-    return wins, len(seeds)
+    wins = sum(1 for s in seeds if a[s] > b[s])
+    ties = sum(1 for s in seeds if a[s] == b[s])
+    return WinRate(wins, ties, len(seeds))
 
 
 def time_to_target(costs: Sequence[float], accuracies: Sequence[float],
@@ -154,7 +169,7 @@ class ArmSummary:
     vs_full: Estimate | None = None
     vs_random: Estimate | None = None
     random_policy: str | None = None
-    wins_vs_random: tuple[float, int] | None = None
+    wins_vs_random: WinRate | None = None
     cost_seconds: Estimate = NO_ESTIMATE
     time_ratio: Estimate = NO_ESTIMATE
     time_ratio_alone: Estimate = NO_ESTIMATE
