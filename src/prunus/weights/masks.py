@@ -50,6 +50,11 @@ class Mask(nn.Module):
         self.capture = False
         self.last: torch.Tensor | None = None
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["last"] = None  # a captured graph tensor is never copied or pickled
+        return state
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         out = weight * self.mask
         if self.capture and out.requires_grad:

@@ -1,0 +1,85 @@
+"""``prunus prune``: train a model under a weight-sparsity policy and show what was kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``prunus prune`` to the command line."""
+    app.command("prune")(prune_command)
+
+
+def prune_command(
+    method: str = typer.Option("magnitude", help="weight policy: random, magnitude, gmp, snip, grasp, synflow, gradient, imp, set, rigl, granet, nm"),
+    sparsity: float = typer.Option(0.9, help="fraction of prunable weights removed, in [0, 1)"),
+    dataset: str = typer.Option("mnist1d", help="dataset name or path"),
+    model: str = typer.Option("cnn1d", help="model name or package.module:factory"),
+    epochs: int = typer.Option(10, min=1),
+    batch_size: int = typer.Option(128, min=1),
+    lr: float = typer.Option(3e-3),
+    optimizer: str = typer.Option("adamw", help="sgd, adam or adamw"),
+    schedule: str = typer.Option("onecycle", help="constant, cosine, step or onecycle"),
+    seed: int = typer.Option(0, min=0),
+    device: str = typer.Option("auto"),
+    out: Optional[Path] = typer.Option(None, help="write weights + masks here (.safetensors)"),
+    setting: Optional[list[str]] = typer.Option(None, "--setting", "-s", help="method setting name=value, e.g. -s every=50"),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="dataset name=value"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
+) -> None:
+    """Train with a weight-sparsity policy; print accuracy, per-layer sparsity and FLOPs."""
+    from rich.table import Table
+
+    from prunus.cli import console, err_console, parse_options
+    from prunus.datasets import load
+    from prunus.errors import PrunusError
+    from prunus.models import build_model
+    from prunus.train import Trainer
+    from prunus.train.progress import RichProgress
+    from prunus.weights import get_sparsifier, save, sparsity_report
+
+    if out is not None and out.suffix != ".safetensors":
+        raise PrunusError(f"--out must end in .safetensors (got {str(out)!r}).")
+    sparsifier = get_sparsifier(method, sparsity=sparsity, seed=seed, **parse_options(setting, "--setting"))
+    data = load(dataset, **parse_options(option))
+    net = build_model(model, data.input_shape, data.num_classes, seed=seed)
+    callbacks = [sparsifier] + ([] if as_json else [RichProgress(console=err_console, description=method)])
+    result = Trainer(
+        net, data, callbacks=callbacks, epochs=epochs, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, schedule=schedule, seed=seed, device=device,
+    ).fit()
+    final = result.final
+    rows = sparsity_report(net, sparsifier.targets)
+    if out is not None:
+        save(net, out, metadata={
+            "method": method, "sparsity": sparsity, "dataset": dataset, "model": model,
+            "seed": seed, "accuracy": final.get("accuracy"),
+        })
+    if as_json:
+        summary = {
+            "method": method, "sparsity": sparsity, "achieved_sparsity": rows[-1]["sparsity"],
+            "accuracy": final.get("accuracy"), "loss": final.get("loss"),
+            "theoretical_flops": final.get("flops"), "layers": rows,
+            "out": None if out is None else str(out),
+        }
+        print(json.dumps(summary, default=str))
+        return
+    table = Table("layer", "shape", "params", "kept", "sparsity", title=f"{method} at sparsity {sparsity}")
+    for r in rows:
+        table.add_row(
+            r["layer"], "×".join(map(str, r["shape"])), f"{r['params']:,}",
+            f"{r['params'] - (r['pruned'] if r['masked'] else r['zeros']):,}", f"{100 * r['sparsity']:.2f}%",
+            end_section=r is rows[-2],
+        )
+    console.print(table)
+    console.print(
+        f"test accuracy {100 * final.get('accuracy', float('nan')):.2f}%  ·  "
+        f"train {final.get('train_seconds', 0):.1f}s  ·  "
+        f"{final.get('flops', 0) / 1e9:.2f} GFLOPs (theoretical, scaled by density)"
+    )
+    if out is not None:
+        console.print(f"weights and masks written to {out}")
