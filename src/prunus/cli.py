@@ -78,7 +78,8 @@ def datasets_show(
     table = Table("field", "value")
     for key, value in dataset.summary().items():
         table.add_row(key, str(value))
-    table.add_row("class counts", str(dataset.class_counts().tolist()))
+    if hasattr(dataset, "class_counts"):  # retrieval datasets (pycode) have no classes
+        table.add_row("class counts", str(dataset.class_counts().tolist()))
     if not name.endswith((".npz", ".parquet", ".csv")):
         defaults = {**get_entry(name).options(), **options}
         table.add_row("options", ", ".join(f"{k}={v}" for k, v in defaults.items()))

@@ -84,6 +84,10 @@ def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, **options) -> Da
         if unknown:
             raise choice_error(f"option of dataset {name!r}", unknown[0], allowed)
         dataset = entry.loader(**options)
+    if not isinstance(dataset, Dataset):  # a retrieval dataset (pycode): no labels to check
+        if noise:
+            raise PrunusError(f"noise applies to classification datasets only, not {name!r}.")
+        return dataset
     if len(np.unique(dataset.y)) < 2:
         raise PrunusError(
             f"dataset {dataset.name!r} has a single class in its training split; "
@@ -97,3 +101,4 @@ def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, **options) -> Da
 def _import_bundled() -> None:
     # Registration happens on import of the bundled module; done lazily to keep imports light.
     from prunus.datasets import bundled  # noqa: F401
+    from prunus.datasets import pycode  # noqa: F401
