@@ -85,12 +85,18 @@ def make_backend(kind: str, workers: int, threads: int, on_event: Callable,
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")
-    manager = context.Manager()
-    channel = manager.Queue()
+    channel = context.Queue()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    return Backend(pool, workers, threads, reporter=channel, _queue=channel,
-                   _closers=[manager.shutdown])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                               initializer=start_worker, initargs=(channel,))
+    return Backend(pool, workers, threads, _queue=channel, _closers=[channel.close])
+
+
+def start_worker(channel) -> None:
+    """Pool worker start-up: progress messages of the runs it executes go to ``channel``."""
+    from prunus.study import runs
+
+    runs.WORKER_CHANNEL = channel
 
 
 def ray_backend(workers: int, threads: int, address: str | None) -> Backend:

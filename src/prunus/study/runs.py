@@ -61,8 +61,9 @@ def execute_run(
     Args:
         spec: the run (dataset, model, data and weight arms, seed, training settings).
         scores: ``(score table, its wall seconds, its FLOPs)`` for a static data arm.
-        reporter: called as ``reporter(event, info)`` at fit start and after each evaluation
-            (a queue with ``put`` works too, for process pools).
+        reporter: called as ``reporter(event, info)`` at fit start and after each epoch's
+            evaluation (a queue with ``put`` works too); in a pool worker, None means the
+            worker's queue to the parent.
         threads: torch threads for this run (0 leaves torch's setting alone).
     """
     set_threads(threads)
@@ -303,7 +304,12 @@ def set_threads(threads: int) -> None:
             torch.set_num_threads(threads)
 
 
+WORKER_CHANNEL = None  # a pool worker's queue to the parent process (set at worker start-up)
+
+
 def as_reporter(reporter: Reporter | Any | None) -> Reporter:
+    if reporter is None:
+        reporter = WORKER_CHANNEL
     if reporter is None:
         return lambda event, info: None
     if hasattr(reporter, "put"):
