@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from prunus.errors import PrunusError
 
@@ -57,12 +59,13 @@ class RowLookup:
 def losses_without_grad(state, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example training loss of ``state.model`` on (x, y) without building a graph.
 
-    The model stays in training mode (batch-norm uses the batch statistics, as in the step that
-    follows); the pass is counted in ``state.meter`` as forwarded, not backpropagated.
+    The model stays in training mode (batch-norm normalises with the batch statistics, as in the
+    step that follows) but its running statistics are left untouched, so only the training
+    step updates them. The pass is counted in ``state.meter`` as forwarded, not backpropagated.
     """
     cfg = state.config
     amp = cfg.amp and state.device.type == "cuda"
-    with torch.no_grad():
+    with torch.no_grad(), batchnorm_stats_frozen(state.model):
         with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = state.model(x)
         losses = F.cross_entropy(
@@ -70,3 +73,21 @@ def losses_without_grad(state, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
         )
     state.meter.count(state.model, x, forwarded=len(x), backpropagated=0)
     return losses
+
+
+@contextmanager
+def batchnorm_stats_frozen(model: nn.Module):
+    """Batch-norm layers keep their running statistics during the ``with`` block."""
+    saved = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            tracked = None if module.num_batches_tracked is None else module.num_batches_tracked.clone()
+            saved.append((module, module.momentum, tracked))
+            module.momentum = 0.0  # running = (1 - 0)·running + 0·batch
+    try:
+        yield
+    finally:
+        for module, momentum, tracked in saved:
+            module.momentum = momentum
+            if tracked is not None:
+                module.num_batches_tracked.copy_(tracked)
