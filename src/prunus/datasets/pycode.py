@@ -200,9 +200,9 @@ def _function_nodes(node: ast.AST, prefix: str) -> Iterable[tuple[str, ast.AST]]
 
 def _docstring_node(node: ast.AST) -> ast.Expr | None:
     body = getattr(node, "body", [])
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        if isinstance(body[0].value.value, str):
-            return body[0]
+    first = body[0] if body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        return first if isinstance(first.value.value, str) else None
     return None
 
 

@@ -51,4 +51,26 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'prunus.negatives' has no attribute {name!r}")
 
 
-__all__ = sorted(set(_EXPORTS) | {"NEGATIVE_POLICIES"})
+__all__ = [
+    "NEGATIVE_POLICIES",
+    "GuidedMultipleNegativesRankingLoss",
+    "MARGIN_KINDS",
+    "MinedNegatives",
+    "PolicyConfig",
+    "RetrievalDataset",
+    "SAMPLINGS",
+    "embed",
+    "evaluate",
+    "filter_negatives",
+    "fine_tune",
+    "gist_mask",
+    "load_model",
+    "load_pycode",
+    "mine",
+    "random_negatives",
+    "ranking_loss",
+    "retrieval_metrics",
+    "run_policy",
+    "search_topk",
+    "select_negatives",
+]

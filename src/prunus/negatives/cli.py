@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
@@ -30,23 +29,23 @@ def register(app: typer.Typer) -> None:
 def mine_command(
     out: Path = typer.Option(..., "--out", help="where to write the mined rows (.parquet)"),
     dataset: str = typer.Option("pycode", help="'pycode' or a .parquet file with query, positive columns"),
-    corpus: Optional[Path] = typer.Option(None, help="with a file dataset: a .parquet file whose 'text' column adds documents"),
+    corpus: Path | None = typer.Option(None, help="with a file dataset: a .parquet file whose 'text' column adds documents"),
     split: str = typer.Option("train", help="pycode split whose queries are mined"),
-    queries: Optional[int] = typer.Option(None, min=1, help="mine this many queries (a seeded sample)"),
-    corpus_size: Optional[int] = typer.Option(None, min=2, help="pycode: documents of the split's modules searched (positives included)"),
+    queries: int | None = typer.Option(None, min=1, help="mine this many queries (a seeded sample)"),
+    corpus_size: int | None = typer.Option(None, min=2, help="pycode: documents of the split's modules searched (positives included)"),
     model: str = typer.Option("minilm", help="'minilm' or a saved sentence-transformers directory"),
     k: int = typer.Option(3, help="negatives per (query, positive)"),
     rank_range: str = typer.Option("0:", help="LO:HI ranks searched after removing positives (HI optional)"),
-    margin: Optional[float] = typer.Option(None, help="keep negatives below the positive's score by this margin"),
+    margin: float | None = typer.Option(None, help="keep negatives below the positive's score by this margin"),
     margin_kind: str = typer.Option("absolute", help="absolute or relative"),
     sampling: str = typer.Option("top", help="top or random"),
     seed: int = typer.Option(0, min=0, help="seed of the query sample and of random sampling"),
     filter_false_negatives: bool = typer.Option(
         False, "--filter", help="drop negatives the model (as guide) or pycode's duplicate groups mark as positives"
     ),
-    max_seq_length: Optional[int] = typer.Option(None, help="truncate texts to this many tokens"),
+    max_seq_length: int | None = typer.Option(None, help="truncate texts to this many tokens"),
     batch_size: int = typer.Option(32, min=1, help="texts per forward pass"),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="dataset name=value"),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
     as_json: bool = typer.Option(False, "--json", help="print the statistics as JSON"),
 ) -> None:
     """Mine hard negatives and write (query, positive, negative_1..k) rows to Parquet."""
@@ -89,13 +88,13 @@ def eval_command(
     dataset: str = typer.Option("pycode", help="retrieval dataset"),
     split: str = typer.Option("test", help="split whose queries are evaluated (dev or test)"),
     model: str = typer.Option("minilm", help="'minilm' or a saved sentence-transformers directory"),
-    queries: Optional[int] = typer.Option(None, min=1, help="evaluate this many queries (a seeded sample)"),
-    corpus_size: Optional[int] = typer.Option(None, min=10, help="search this many documents (relevant ones included)"),
-    policy: Optional[str] = typer.Option(None, help="fine-tune under this negatives policy first (see NEGATIVE_POLICIES)"),
-    setting: Optional[list[str]] = typer.Option(None, "--set", "-s", help="policy setting name=value (e.g. train_pairs=256)"),
+    queries: int | None = typer.Option(None, min=1, help="evaluate this many queries (a seeded sample)"),
+    corpus_size: int | None = typer.Option(None, min=10, help="search this many documents (relevant ones included)"),
+    policy: str | None = typer.Option(None, help="fine-tune under this negatives policy first (see NEGATIVE_POLICIES)"),
+    setting: list[str] | None = typer.Option(None, "--set", "-s", help="policy setting name=value (e.g. train_pairs=256)"),
     seed: int = typer.Option(0, min=0, help="seed of the samples (and of training with --policy)"),
-    max_seq_length: Optional[int] = typer.Option(None, help="truncate texts to this many tokens"),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="dataset name=value"),
+    max_seq_length: int | None = typer.Option(None, help="truncate texts to this many tokens"),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
 ) -> None:
     """Evaluate retrieval (nDCG@10, MRR@10, Recall@1/10/100); duplicates count as relevant."""

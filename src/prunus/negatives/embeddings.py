@@ -89,7 +89,7 @@ def _encode(model: Any, texts: list[str], kind: str, batch_size: int) -> np.ndar
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
     method = getattr(model, f"encode_{kind}", None) or model.encode
-    kwargs = dict(batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    kwargs = {"batch_size": batch_size, "normalize_embeddings": True, "convert_to_numpy": True}
     if hasattr(model, "tokenizer"):
         kwargs["show_progress_bar"] = False
     try:

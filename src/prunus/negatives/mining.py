@@ -114,10 +114,10 @@ def mine(
         positive_scores=positive_scores.astype(np.float32),
         negative_scores=chosen.scores[rows_q],
         query_rows=query_of_first[rows_q],
-        settings=dict(
-            k=k, rank_range=list(chosen.rank_range), margin=margin, margin_kind=margin_kind,
-            sampling=sampling, seed=seed,
-        ),
+        settings={
+            "k": k, "rank_range": list(chosen.rank_range), "margin": margin, "margin_kind": margin_kind,
+            "sampling": sampling, "seed": seed,
+        },
         stats=stats,
     )
 

@@ -72,13 +72,25 @@ def model_fingerprint(model: Any) -> str | None:
     state_dict = getattr(model, "state_dict", None)
     if state_dict is None:
         return None
+    # In-place changes (optimizer steps, load_state_dict) bump a tensor's version counter:
+    # while no counter moved, the last hash still holds.
+    tensors = list(state_dict().values())
+    versions = tuple((t.data_ptr(), t._version) for t in tensors)
+    memo = getattr(model, "_prunus_fingerprint", None)
+    if memo is not None and memo[0] == versions:
+        return memo[1]
     digest = hashlib.blake2b(digest_size=16)
     digest.update(type(model).__name__.encode())
     digest.update(str(getattr(model, "max_seq_length", "")).encode())
     for key, tensor in state_dict().items():
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=_uint8()).numpy().tobytes())
-    return digest.hexdigest()
+    fingerprint = digest.hexdigest()
+    try:
+        object.__setattr__(model, "_prunus_fingerprint", (versions, fingerprint))
+    except AttributeError:  # pragma: no cover - objects that refuse attributes
+        pass
+    return fingerprint
 
 
 def _uint8():

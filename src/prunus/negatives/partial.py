@@ -45,7 +45,7 @@ class TopLayers:
         missing = sorted({t for t in texts if t not in self.store}, key=len)
         if not missing:
             return
-        training = self.backbone.training
+        modes = [(m, m.training) for m in self.backbone.modules()]
         self.backbone.eval()
         try:
             with torch.inference_mode():
@@ -61,7 +61,8 @@ class TopLayers:
                     for text, state, n in zip(chunk, states, lengths):
                         self.store[text] = state[: int(n)].clone()
         finally:
-            self.backbone.train(training)
+            for module, mode in modes:  # frozen layers stay in eval, trained ones in train
+                module.training = mode
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Sentence embeddings of ``texts`` (gradients flow into the top layers if they train)."""

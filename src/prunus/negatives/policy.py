@@ -119,6 +119,7 @@ def run_policy(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     pool_emb = embed(pretrained, pool_texts, "document", batch_size=bs, model_key=key)
     eval_emb = embed(pretrained, eval_texts, "document", batch_size=bs, model_key=key)
     query_emb = embed(pretrained, train_split.queries, "query", batch_size=bs, model_key=key)
+    states = _states(cfg, pretrained, key, train_split.queries, pool_texts, eval_texts, sample)
     out["embed_seconds"] = time.perf_counter() - t
 
     local = {int(r): i for i, r in enumerate(pool)}
@@ -152,7 +153,6 @@ def run_policy(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     out["negatives_per_pair"] = float((negatives >= 0).sum() / max(len(positives), 1))
 
     model = pretrained
-    states = _STATES.setdefault((key, cfg.train_layers), {})
     if cfg.policy != "pretrained":
         model = copy.deepcopy(pretrained)
         pairs = TrainingPairs(train_split.queries, positives, negatives, pool_texts)
@@ -189,6 +189,31 @@ def run_policy(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     out.update(train_pairs=len(positives), pool=len(pool))
     out["seconds"] = time.perf_counter() - started
     return out
+
+
+def _states(cfg, pretrained, key, train_queries, pool_texts, eval_texts, sample) -> dict | None:
+    """The frozen bottom's outputs for every text this sample can train or evaluate on,
+    computed once in one canonical order (so results never depend on which policy ran first)."""
+    from prunus.negatives.partial import TopLayers
+
+    if cfg.train_layers is None:
+        return None
+    store_key = (key, cfg.train_layers, cfg.tune, id(sample))
+    if store_key not in _STATES:
+        store: dict = {}
+        texts = list(train_queries)
+        texts += _eval_queries(cfg, sample)
+        if cfg.tune == "both":
+            texts += list(pool_texts) + list(eval_texts)
+        TopLayers(pretrained, cfg.train_layers, store).precompute(texts, cfg.encode_batch_size)
+        _STATES[store_key] = store
+    return _STATES[store_key]
+
+
+def _eval_queries(cfg: PolicyConfig, sample: dict) -> list[str]:
+    """The evaluated query texts of a sample."""
+    data = _dataset(cfg)
+    return data.split(cfg.eval_split).take(sample["eval_queries"]).queries
 
 
 def _dataset(cfg: PolicyConfig):

@@ -98,11 +98,14 @@ def fine_tune(
     params = set_trainable(model, train_layers)
     encode = partial(encode_for_training, model)
     if train_layers is not None:
-        encode = TopLayers(model, train_layers, states).encode
+        top = TopLayers(model, train_layers, states)
+        top.precompute(pairs.queries if document_embeddings is not None else
+                       list(pairs.queries) + list(pairs.corpus))
+        encode = top.encode
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(pairs) / batch_size)
     total = epochs * steps_per_epoch
-    warm = max(1, int(round(warmup * total)))
+    warm = max(1, round(warmup * total))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / (total - warm + 1))
     )
