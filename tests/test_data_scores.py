@@ -69,12 +69,12 @@ def warm_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
 
 
 class Mixed(nn.Module):
-    """Linear, Conv1d (two kinds of patch sizes), BatchNorm, in-place ReLU, a Linear on a
+    """Linear, Conv1d (dilated; strided), BatchNorm, in-place ReLU, a Linear on a
     sequence, a LayerNorm (torch.func fallback), a layer called twice and a Conv2d."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(2, 6, 3, padding=1)
+        self.conv = nn.Conv1d(2, 6, 3, padding=2, dilation=2)
         self.bn = nn.BatchNorm1d(6)
         self.conv2 = nn.Conv1d(6, 5, 3, stride=2, padding=1)
         self.token = nn.Linear(5, 4)
@@ -148,6 +148,60 @@ def test_grand_with_tied_weights_and_frozen_layers():
     x = torch.randn(7, 5, dtype=torch.float64)
     y = torch.randint(0, 3, (7,))
     torch.testing.assert_close(per_example_grad_norms(model, x, y), loop_grad_norms(model, x, y), rtol=1e-10, atol=0)
+
+
+class Tokens(nn.Module):
+    """Embedding of integer tokens (torch.func fallback), a parameter owned by the root module
+    (fallback on the whole module) and a Linear applied to every position (ghost norm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.position = nn.Parameter(torch.randn(5, 8))
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mix(self.embed(x) + self.position)).mean(1))
+
+
+def test_grand_fallback_for_embeddings_and_loose_parameters():
+    torch.manual_seed(4)
+    model = Tokens().double()
+    x = torch.randint(0, 20, (7, 5))
+    y = torch.randint(0, 3, (7,))
+    got = per_example_grad_norms(model, x, y)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, loop_grad_norms(model, x, y), rtol=1e-10, atol=0)
+
+
+class TiedOutput(nn.Module):
+    """Input embedding reused functionally as the output projection (tied embeddings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 6)
+        self.mix = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(torch.tanh(self.mix(self.embed(x))).mean(1), self.embed.weight)
+
+
+def test_grand_detects_parameters_used_outside_their_layer(monkeypatch):
+    from prunus.data.scores import grand
+
+    calls = []
+    whole_model = grand._vmap_norms
+    monkeypatch.setattr(grand, "_vmap_norms", lambda *a: calls.append(1) or whole_model(*a))
+    torch.manual_seed(5)
+    model = TiedOutput().double()
+    x, y = torch.randint(0, 10, (6, 3)), torch.randint(0, 10, (6,))
+    torch.testing.assert_close(per_example_grad_norms(model, x, y), loop_grad_norms(model, x, y), rtol=1e-10, atol=0)
+    assert calls, "the functional reuse must send the model to whole-model per-sample gradients"
+    calls.clear()
+    per_example_grad_norms(Mixed(), torch.randn(4, 2, 12), torch.randint(0, 3, (4,)))
+    per_example_grad_norms(build_model("resnet_tiny", (1, 40), 10), torch.randn(4, 1, 40), torch.randint(0, 10, (4,)))
+    assert not calls, "ordinary models must stay on the per-layer path"
 
 
 def test_grand_refuses_batchnorm_without_running_statistics():

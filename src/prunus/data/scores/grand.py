@@ -10,7 +10,7 @@ the summed loss with respect to its output (which, for example ``i``, is ``∂�
 layer adds its share of ``‖∇_θ ℓᵢ‖²``:
 
 - ``nn.Linear`` on ``(B, D)`` inputs: ``‖∇W‖² = ‖g‖²·‖a‖²`` and ``‖∇b‖² = ‖g‖²``.
-- ``nn.Linear`` on sequences ``(B, …, D)`` and ``nn.Conv1d``/``nn.Conv2d`` (inputs unfolded into
+- ``nn.Linear`` on sequences ``(B, …, D)`` and ``nn.Conv1d/2d/3d`` (inputs unfolded into
   patches ``aₜ``): ``∇W = Σₜ gₜ aₜᵀ``, whose squared norm is the Gram ("ghost norm") identity
   ``Σₜ,ₛ (gₜ·gₛ)(aₜ·aₛ)``, or ``‖Σₜ gₜ aₜᵀ‖²`` computed directly for that one layer when that is
   cheaper (``T·(D_in + D_out) > D_in·D_out``); ``‖∇b‖² = ‖Σₜ gₜ‖²``. A layer called several times
@@ -26,7 +26,11 @@ computed with the model in **eval mode**: batch-norm normalises with its running
 dropout is off, examples are independent, and the norms are exactly those of
 ``autograd.grad(ℓ(model(xᵢ), yᵢ), θ)`` for one example at a time. Models whose parameters are
 shared between layers (tied weights) are scored with ``torch.func.vmap(grad)`` over the whole
-model instead (same result, more memory).
+model instead (same result, more memory), and so are models with a parameterised layer that
+returns several tensors (e.g. ``nn.MultiheadAttention``) or a parameter used outside its own
+layer's forward (e.g. an output projection ``F.linear(h, embedding.weight)``); a walk over the
+autograd graph detects these, so the result is exact or the slower path is taken, never a wrong
+norm.
 
 ``last_layer=True`` is the cheap approximation: only the parameters of the final ``nn.Linear``
 (the layer producing the logits) count, ``‖∇W‖² = ‖g‖²·‖h‖²`` with ``g = ∂ℓ/∂logits = p − y``;
@@ -35,6 +39,7 @@ its column is labelled ``grand_last_layer`` so it is never mistaken for the full
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Self
@@ -112,6 +117,8 @@ class _Call:
 
     args: tuple
     kwargs: dict
+    node: object = None  # the autograd node that produced the output
+    stops: frozenset = frozenset()  # autograd nodes of the inputs
     grad: torch.Tensor | None = None
 
     def set_grad(self, grad: torch.Tensor) -> None:
@@ -127,7 +134,7 @@ class _Recorder:
     calls: dict[nn.Module, list[_Call]] = field(default_factory=lambda: defaultdict(list))
     order: list[nn.Module] = field(default_factory=list)
     sources: dict[int, torch.Tensor] = field(default_factory=dict)
-    active: bool = True
+    unsupported: nn.Module | None = None
 
     def __enter__(self) -> Self:
         self.handles = []
@@ -143,9 +150,18 @@ class _Recorder:
             handle.remove()
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
-        if not self.active or not isinstance(output, torch.Tensor) or not output.requires_grad:
+        if not isinstance(output, torch.Tensor):
+            self.unsupported = module  # several outputs: left to whole-model torch.func
             return
-        call = _Call(tuple(_detach(a) for a in args), {k: _detach(v) for k, v in kwargs.items()})
+        if not output.requires_grad:
+            return
+        inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        call = _Call(
+            tuple(_detach(a) for a in args),
+            {k: _detach(v) for k, v in kwargs.items()},
+            node=output.grad_fn,
+            stops=frozenset(id(a.grad_fn) for a in inputs if a.grad_fn is not None),
+        )
         output.register_hook(call.set_grad)
         self.calls[module].append(call)
         self.order.append(module)
@@ -157,6 +173,46 @@ class _Recorder:
                     self.sources[id(p)] = p
 
 
+def _used_outside_their_layer(model: nn.Module, recorder: _Recorder, loss: torch.Tensor) -> bool:
+    """True when some parameter reaches the loss other than through its own layer's recorded
+    calls (e.g. ``F.linear(h, embedding.weight)`` for tied input/output embeddings): the
+    per-layer sums would then miss a term, so the caller switches to whole-model per-sample
+    gradients. Compares, in the autograd graph, the uses of each parameter overall with its
+    uses inside the subgraphs of its layer's calls."""
+    total = _parameter_uses(loss.grad_fn, frozenset())
+    inside: dict[int, int] = defaultdict(int)
+    for calls in recorder.calls.values():
+        for call in calls:
+            for key, count in _parameter_uses(call.node, call.stops).items():
+                inside[key] += count
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if p.requires_grad and total.get(id(p), 0) > inside.get(id(p), 0):
+                return True
+    return False
+
+
+def _parameter_uses(root, stops: frozenset) -> dict[int, int]:
+    """How many graph edges lead to each leaf tensor's accumulator below ``root`` (not crossing
+    the nodes in ``stops``)."""
+    uses: dict[int, int] = defaultdict(int)
+    seen, stack = set(), [root]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen or id(node) in stops:
+            continue
+        seen.add(id(node))
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            variable = getattr(child, "variable", None)
+            if variable is not None:
+                uses[id(variable)] += 1
+            else:
+                stack.append(child)
+    return uses
+
+
 def _detach(value):
     return value.detach() if isinstance(value, torch.Tensor) else value
 
@@ -165,11 +221,13 @@ def _hooked_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     recorder = _Recorder(model)
     with recorder, torch.enable_grad():
         loss = _summed_loss(model(x), y)
+        if recorder.unsupported is not None or _used_outside_their_layer(model, recorder, loss):
+            return _vmap_norms(model, x, y)
         if not recorder.sources:
             raise PrunusError("GraNd needs a model with trainable parameters (requires_grad=True).")
         torch.autograd.grad(loss, list(recorder.sources.values()), allow_unused=True)
-        recorder.active = False
-        squared = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    squared = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    with torch.no_grad():
         for module, calls in recorder.calls.items():
             squared += _layer_squared_norms(module, calls, len(x)).double()
     return squared.sqrt()
@@ -188,7 +246,7 @@ def _layer_squared_norms(module: nn.Module, calls: list[_Call], batch: int) -> t
     if isinstance(module, nn.Linear):
         tokens = [_linear_tokens(c) for c in calls]
         return _gram_squared_norms(module, tokens)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and _unfoldable(module):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and _unfoldable(module):
         tokens = [_conv_tokens(module, c) for c in calls]
         return _gram_squared_norms(module, tokens)
     if isinstance(module, _BatchNorm):
@@ -206,32 +264,35 @@ def _unfoldable(conv: nn.Module) -> bool:
 
 
 def _conv_tokens(conv: nn.Module, call: _Call) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input patches ``(B, T, C_in·k)`` and output gradients ``(B, T, C_out)`` of a convolution."""
+    """Input patches ``(B, T, C_in·k…)`` and output gradients ``(B, T, C_out)`` of a convolution.
+
+    Patches come from strided views (``Tensor.unfold``), not ``F.unfold``/im2col, which is
+    orders of magnitude slower on CPU for these shapes.
+    """
     a, g = call.args[0], call.grad
-    if isinstance(conv, nn.Conv1d):
-        batched = a.dim() == 3
-        a = a if batched else a.unsqueeze(0)
-        g = g if batched else g.unsqueeze(0)
-        patches = F.unfold(
-            a.unsqueeze(2),
-            kernel_size=(1, conv.kernel_size[0]),
-            dilation=(1, conv.dilation[0]),
-            padding=(0, conv.padding[0]),
-            stride=(1, conv.stride[0]),
-        )
-    else:
-        patches = F.unfold(
-            a, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride
-        )
-    return patches.transpose(1, 2), g.flatten(2).transpose(1, 2)
+    spatial = a.dim() - 2
+    pad = [p for size in reversed(conv.padding) for p in (size, size)]
+    patches = F.pad(a, pad) if any(pad) else a
+    for i in range(spatial):
+        window = conv.dilation[i] * (conv.kernel_size[i] - 1) + 1
+        patches = patches.unfold(2 + i, window, conv.stride[i])
+        if conv.dilation[i] > 1:
+            patches = patches[..., :: conv.dilation[i]]
+    # (B, C, out₁…outₙ, k₁…kₙ) -> (B, out₁…outₙ, C, k₁…kₙ) -> (B, T, C·k₁…kₙ)
+    order = [0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial)]
+    patches = patches.permute(order).reshape(len(a), -1, a.shape[1] * math.prod(conv.kernel_size))
+    return patches, g.flatten(2).transpose(1, 2)
 
 
 def _gram_squared_norms(
     module: nn.Module, tokens: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> torch.Tensor:
     """``‖Σₜ gₜaₜᵀ‖² (+ ‖Σₜ gₜ‖²)`` per example, over the tokens of every call of the layer."""
-    a = torch.cat([t[0] for t in tokens], dim=1)
-    g = torch.cat([t[1] for t in tokens], dim=1).to(a.dtype)
+    if len(tokens) == 1:
+        a, g = tokens[0]
+    else:
+        a, g = torch.cat([t[0] for t in tokens], dim=1), torch.cat([t[1] for t in tokens], dim=1)
+    g = g.to(a.dtype)
     batch, steps, d_in = a.shape
     d_out = g.shape[2]
     squared = torch.zeros(batch, dtype=a.dtype, device=a.device)
@@ -326,7 +387,8 @@ def _last_layer_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tor
         calls = [recorder.calls[head][-1]]
         params = [p for p in head.parameters(recurse=False) if p.requires_grad]
         torch.autograd.grad(loss, params, allow_unused=True)
-    return _gram_squared_norms(head, [_linear_tokens(c) for c in calls]).double().sqrt()
+    with torch.no_grad():
+        return _gram_squared_norms(head, [_linear_tokens(c) for c in calls]).double().sqrt()
 
 
 # -- whole-model per-sample gradients (tied parameters) --------------------------------------
