@@ -321,6 +321,20 @@ def test_rho_loss_holds_out_data_and_charges_its_model():
     assert rec.state.total_steps == rec.state.step == 2 * 7
 
 
+def test_rho_loss_with_a_given_holdout_and_irreducible_model():
+    data, holdout = make_data(n=240, seed=0), make_data(n=60, offset=50_000, seed=1)
+    small = nn.Sequential(nn.Linear(8, 3))
+    before = small[0].weight.detach().clone()
+    callback = RhoLoss(keep=0.5, holdout=holdout, irreducible_model=small, irreducible_epochs=1)
+    result, rec = fit([callback], data, epochs=1)
+    assert not torch.equal(before, small[0].weight)  # trained on the holdout
+    trained = np.concatenate([s["ids"] for s in rec.steps])
+    assert len(trained) == 120 and np.isin(trained, data.ids).all()  # nothing held out
+    expected = F.cross_entropy(small(torch.from_numpy(data.x)), torch.from_numpy(data.y), reduction="none")
+    torch.testing.assert_close(callback.irreducible, expected.detach())
+    assert result.meter.examples_backpropagated == 60 + 120
+
+
 # --------------------------------------------------------------------------- reweighting
 
 

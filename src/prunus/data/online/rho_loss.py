@@ -134,7 +134,9 @@ class RhoLoss(Callback):
             self.train_rows = None
             holdout = self.holdout
         holdout = dataclasses.replace(holdout, test=None, _fingerprint=None)
-        model = self.irreducible_model or copy.deepcopy(state.model)
+        model = self.irreducible_model
+        if model is None:
+            model = copy.deepcopy(state.model)
         meter = self._train_irreducible(state, model, holdout)
         irreducible = torch.from_numpy(
             irreducible_losses(model, train, state.config.eval_batch_size, state.device)
