@@ -24,3 +24,11 @@ def blobs():
     train = draw(240, 0)
     train.test = test
     return train
+
+
+def pytest_configure(config):
+    # Tiny models run fastest single-threaded, and one thread per test process avoids
+    # oversubscribing small machines (two threads per process on a busy 2-core box is ~5x slower).
+    import torch
+
+    torch.set_num_threads(1)
