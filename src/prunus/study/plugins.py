@@ -47,12 +47,6 @@ def weight_methods() -> Collection[str] | None:
     return tuple(getattr(weights, "WEIGHT_METHODS", ()))
 
 
-def has_random_select() -> bool:
-    """Whether ``prunus.data.select`` offers the 'random' policy (else the harness draws it)."""
-    policies = select_policies()
-    return policies is not None and "random" in policies
-
-
 def compute_scores(dataset, *, model: str, method: str, epochs: int, seeds: list[int],
                    **settings: Any):
     """``prunus.data.score(...)``: a score table from short proxy runs."""

@@ -10,7 +10,6 @@ raises) is returned as ``failed`` with the reason; the study goes on.
 from __future__ import annotations
 
 import json
-import math
 import time
 import traceback
 from collections.abc import Callable
@@ -110,11 +109,8 @@ def apply_data_arm(spec: RunSpec, dataset, scores) -> tuple[Any, list]:
                                                  **json.loads(data.options))]
     weights = None
     if data.kind == RANDOM or data.select == "random":
-        if plugins.has_random_select():
-            ids, weights = plugins.select_ids(
-                id_table(dataset), data.keep, "random", data.stratify, spec.seed)
-        else:
-            ids = random_subset(dataset.ids, dataset.y, data.keep, data.stratify, spec.seed)
+        ids, weights = plugins.select_ids(id_table(dataset), data.keep, "random", data.stratify,
+                                          spec.seed)
     elif data.kind == STATIC:
         table = scores[0]
         ids, weights = plugins.select_ids(table, data.keep, data.select, data.stratify,
@@ -134,32 +130,6 @@ def run_trainer(spec: RunSpec, train_data, callbacks: list) -> None:
                         seed=spec.seed, **spec.model["options"])
     config = TrainConfig(**spec.train, seed=spec.seed)
     Trainer(model, train_data, callbacks=callbacks, config=config).fit()
-
-
-def random_subset(ids: np.ndarray, labels: np.ndarray, fraction: float, stratify: bool,
-                  seed: int) -> np.ndarray:
-    """A uniformly random subset of ``floor(fraction * N)`` ids (at least one), sorted.
-
-    Stratified: each class keeps ``floor(fraction * n_c)`` of its ids, and the ids still
-    missing to reach the total are drawn at random from the classes' leftovers, so the
-    per-class shares are preserved to within one example.
-    """
-    rng = np.random.default_rng(seed)
-    total = max(1, math.floor(fraction * len(ids)))
-    if not stratify:
-        return np.sort(rng.choice(ids, size=total, replace=False))
-    chosen, rest = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(ids[labels == label])
-        take = math.floor(fraction * len(members))
-        chosen.append(members[:take])
-        rest.append(members[take:])
-    chosen_ids = np.concatenate(chosen)
-    missing = total - len(chosen_ids)
-    if missing > 0:
-        chosen_ids = np.concatenate([chosen_ids, rng.choice(np.concatenate(rest), missing,
-                                                            replace=False)])
-    return np.sort(chosen_ids)
 
 
 class Recorder(Callback):
