@@ -180,6 +180,22 @@ def test_ray_executor(study, tmp_path):
                      pq.read_table(root / "out" / "runs.parquet"))
 
 
+def test_a_failed_score_table_fails_only_its_runs(study, tmp_path):
+    root, _, _ = study
+    values = tiny_config(root / "blobs.npz", seeds=(0,), epochs=1)
+    values["sparsity"] = []
+    values["policies"] = [{"score": "loss", "label": "loss from a diverging proxy",
+                           "proxy": {"epochs": 1, "seeds": 1,
+                                     "train": {"lr": 1e30, "optimizer": "sgd"}}}]
+    result = run_study(load_config(write_config(tmp_path / "s.toml", values)), tmp_path / "s",
+                       progress=False)
+    finals = [r for r in pq.read_table(tmp_path / "s" / "runs.parquet").to_pylist() if r["final"]]
+    failed = {r["policy"]: r["error"] for r in finals if r["status"] != "ok"}
+    assert result.runs == 4 and list(failed) == ["loss from a diverging proxy, keep 50%"]
+    assert failed["loss from a diverging proxy, keep 50%"].startswith("scoring failed: ")
+    assert not list((tmp_path / "s").glob("scores/*"))  # no table was stored
+
+
 def test_atomic_write_leaves_old_file_and_no_temporary(tmp_path):
     target = tmp_path / "runs.parquet"
     target.write_bytes(b"finished")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from prunus.study import plugins
@@ -91,7 +91,6 @@ class RunSpec:
     train: dict[str, Any]
     score_key: str | None = None
     score_shared_by: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def policy(self) -> str:

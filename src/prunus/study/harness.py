@@ -34,6 +34,7 @@ from prunus.study.runs import (
     ScoreResult,
     execute_run,
     execute_score_job,
+    failure_reason,
     load_dataset,
     make_row,
     set_threads,
@@ -135,7 +136,6 @@ def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJo
     waiting_runs = list(todo)
     failed_scores: dict[str, str] = {}
     in_flight: dict[Future, tuple[str, Any]] = {}
-    busy_scores: set[str] = set()
 
     def next_task() -> tuple[str, Any] | None:
         if waiting_jobs:
@@ -152,7 +152,6 @@ def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJo
                 break
             kind, item = task
             if kind == "score":
-                busy_scores.add(item.key)
                 future = backend.submit(execute_score_job, item, backend.threads)
             elif item.score_key in failed_scores:
                 finish_run(store, item, failed_run_rows(item, failed_scores[item.score_key]),
@@ -172,15 +171,10 @@ def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJo
         for future in done:
             kind, item = in_flight.pop(future)
             if kind == "score":
-                busy_scores.discard(item.key)
                 try:
                     result: ScoreResult = future.result()
-                except PrunusError as exc:
-                    failed_scores[item.key] = f"scoring failed: {exc}"
-                    display.score_done(item, ok=False)
-                    continue
                 except Exception as exc:  # noqa: BLE001 - recorded on the runs that needed it
-                    failed_scores[item.key] = f"scoring failed: {type(exc).__name__}: {exc}"
+                    failed_scores[item.key] = f"scoring failed: {failure_reason(exc)}"
                     display.score_done(item, ok=False)
                     continue
                 store.write_scores(item.key, result.table, {
@@ -193,7 +187,7 @@ def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJo
                 try:
                     rows = future.result()
                 except Exception as exc:  # noqa: BLE001 - a worker that died is a failed run
-                    rows = failed_run_rows(item, f"{type(exc).__name__}: {exc}")
+                    rows = failed_run_rows(item, failure_reason(exc))
                 finish_run(store, item, rows, display)
 
 
