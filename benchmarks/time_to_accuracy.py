@@ -56,6 +56,9 @@ DEFAULT_METHODS = [
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.table_from:
+        print_saved_tables(args.table_from, args)
+        return
     torch.set_num_threads(args.threads)
     out = open(args.out, "a", encoding="utf-8") if args.out else None  # noqa: SIM115
     print(
@@ -109,6 +112,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--stop-at-target", action="store_true")
     p.add_argument("--out", help="append one JSON line per run to this file")
+    p.add_argument(
+        "--table-from", help="print the tables of the seeds completed in a file written by --out"
+    )
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods if m != "full"]
     return args
@@ -204,6 +210,23 @@ def run_one(data, name, settings, seed, args, eval_every, limit, target) -> dict
     }
 
 
+def print_saved_tables(path: str, args) -> None:
+    """Tables from saved runs: per size, the seeds whose reference and methods all finished."""
+    by_size: dict[int, dict[int, dict[str, dict[str, Any]]]] = {}
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            run = json.loads(line)
+            by_size.setdefault(run["size"], {}).setdefault(run["seed"], {})[run["spec"]] = run
+    for size, seeds in sorted(by_size.items()):
+        specs = ["full", *[s for s in next(iter(seeds.values())) if s != "full"]]
+        for seed_runs in seeds.values():
+            specs += [s for s in seed_runs if s not in specs]
+        complete = [r for r in seeds.values() if all(s in r for s in specs)]
+        print(f"# {len(complete)} complete seeds: {sorted(r['full']['seed'] for r in complete)}")
+        if complete:
+            print_table(size, {s: [r[s] for r in complete] for s in specs}, args)
+
+
 def time_to(run: dict[str, Any], target: float, clock: str) -> float:
     """First charged time at which a cadence (or the final) evaluation reached ``target``."""
     rows = run["rows"]
@@ -247,41 +270,37 @@ def mean_ci(values: list[float]) -> str:
 def print_table(size: int, runs: dict[str, list[dict[str, Any]]], args) -> None:
     refs = runs["full"]
     n = len(refs)
-    header = (
-        f"{'method':<30} {'reach -' + str(args.targets[0]) + 'pp':>12} {'wall ratio':>20} "
-        f"{'cpu ratio':>20} {'reach -' + str(args.targets[1]) + 'pp':>12} {'wall ratio':>20} "
-        f"{'final acc %':>13} {'backprop':>9} {'wall s':>8} {'cut':>4}"
-    )
-    print(f"\n## mnist1d train_size={size}: time to (reference final − δ) as a ratio to the "
-          f"reference (geometric mean [95% CI] over seeds that reached it)")
+    header = f"{'method':<30}"
+    for delta in args.targets:
+        header += f" {'reach -' + format(delta, 'g') + 'pp':>11} {'wall ratio':>18} {'cpu ratio':>18}"
+    header += f" {'final acc %':>13} {'bwd ex':>7} {'wall s':>7} {'cpu s':>6} {'cut':>3}"
+    print(f"\n## mnist1d train_size={size}, {n} seeds: time to (reference final acc − δ) as a "
+          f"ratio to the reference's, geometric mean [95% CI] over the seeds that reached it")
     print(header)
     print("-" * len(header))
     for spec, method_runs in runs.items():
-        cells = []
-        for k, delta in enumerate(args.targets):
+        line = f"{'full (reference)' if spec == 'full' else spec:<30}"
+        for delta in args.targets:
             wall, cpu, reached = [], [], 0
             for ref, run in zip(refs, method_runs):
                 target = ref["final_accuracy"] - delta / 100
-                t = time_to(run, target, "wall")
-                reached += math.isfinite(t)
-                wall.append(t / time_to(ref, target, "wall"))
+                reached += math.isfinite(time_to(run, target, "wall"))
+                wall.append(time_to(run, target, "wall") / time_to(ref, target, "wall"))
                 cpu.append(time_to(run, target, "cpu") / time_to(ref, target, "cpu"))
-            cells.append(f"{reached}/{n}")
-            cells.append(geometric_ci(wall))
-            if k == 0:
-                cells.append(geometric_ci(cpu))
+            line += f" {f'{reached}/{n}':>11} {geometric_ci(wall):>18} {geometric_ci(cpu):>18}"
         final = mean_ci([100 * r["final_accuracy"] for r in method_runs])
-        backprop = np.mean([r["backpropagated"] / f["backpropagated"] for r, f in zip(method_runs, refs)])
+        bwd = np.mean([r["backpropagated"] / f["backpropagated"] for r, f in zip(method_runs, refs)])
         wall_s = np.mean([r["wall"] for r in method_runs])
+        cpu_s = np.mean([r["cpu"] for r in method_runs])
         cut = sum(r["hit_limit"] for r in method_runs)
-        label = "full (reference)" if spec == "full" else spec
-        print(
-            f"{label:<30} {cells[0]:>12} {cells[1]:>20} {cells[2]:>20} {cells[3]:>12} "
-            f"{cells[4]:>20} {final:>13} {backprop:>8.2f}x {wall_s:>8.1f} {cut:>4}"
-        )
-    print("cut: runs stopped by the time limit; backprop: examples backpropagated / reference's;"
-          " cpu ratio: same as wall ratio in process CPU seconds")
-    print(flush=True)
+        line += f" {final:>13} {bwd:>6.2f}x {wall_s:>7.1f} {cpu_s:>6.1f} {cut:>3}"
+        print(line)
+    print(
+        "wall/cpu ratio: charged wall seconds / process CPU seconds (evaluation excluded); "
+        "bwd ex: examples backpropagated / reference's; wall s, cpu s: per run, to its end; "
+        "cut: runs stopped by the time limit",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
