@@ -280,8 +280,9 @@ def _conv_tokens(conv: nn.Module, call: _Call) -> tuple[torch.Tensor, torch.Tens
             patches = patches[..., :: conv.dilation[i]]
     # (B, C, out₁…outₙ, k₁…kₙ) -> (B, out₁…outₙ, C, k₁…kₙ) -> (B, T, C·k₁…kₙ)
     order = [0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial)]
+    # (contiguous: overlapping-window views make batched matmuls fall off their fast path)
     patches = patches.permute(order).reshape(len(a), -1, a.shape[1] * math.prod(conv.kernel_size))
-    return patches, g.flatten(2).transpose(1, 2)
+    return patches.contiguous(), g.flatten(2).transpose(1, 2).contiguous()
 
 
 def _gram_squared_norms(
