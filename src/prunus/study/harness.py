@@ -37,7 +37,6 @@ from prunus.study.runs import (
     failure_reason,
     load_dataset,
     make_row,
-    set_threads,
 )
 from prunus.study.store import StudyStore
 
@@ -104,11 +103,9 @@ def run_study(
     pending_jobs = [job for job in jobs if job.key in needed and job.key not in scores]
 
     display = StudyProgress(console or Console(stderr=True), enabled=progress)
-    display.start(todo, pending_jobs, already=len(runs) - len(todo))
     backend = make_backend(executor, workers, execution.threads, display.event,
                            execution.ray_address)
-    if backend.capacity == 1 and executor == "local" and execution.threads:
-        set_threads(execution.threads)
+    display.start(todo, pending_jobs, already=len(runs) - len(todo))
     try:
         schedule(backend, store, todo, pending_jobs, scores, display)
     except BaseException:
@@ -122,8 +119,7 @@ def run_study(
 
     store.consolidate()
     report = write_report(store)
-    failed = len({row["run_id"] for row in store.read_runs().to_pylist()
-                  if row["final"] and row["status"] != "ok"})
+    failed = sum(len(summary.failures) for summary in report.summaries)
     return StudyResult(store.root, report.path, len(runs), len(todo), failed, report.verdicts,
                        time.perf_counter() - start)
 
