@@ -272,7 +272,8 @@ def print_table(size: int, runs: dict[str, list[dict[str, Any]]], args) -> None:
     n = len(refs)
     header = f"{'method':<30}"
     for delta in args.targets:
-        header += f" {'reach -' + format(delta, 'g') + 'pp':>11} {'wall ratio':>18} {'cpu ratio':>18}"
+        reach = f"reach -{delta:g}pp"
+        header += f" {reach:>11} {'wall ratio':>18} {'cpu ratio':>18}"
     header += f" {'final acc %':>13} {'bwd ex':>7} {'wall s':>7} {'cpu s':>6} {'cut':>3}"
     print(f"\n## mnist1d train_size={size}, {n} seeds: time to (reference final acc − δ) as a "
           f"ratio to the reference's, geometric mean [95% CI] over the seeds that reached it")
@@ -289,7 +290,10 @@ def print_table(size: int, runs: dict[str, list[dict[str, Any]]], args) -> None:
                 cpu.append(time_to(run, target, "cpu") / time_to(ref, target, "cpu"))
             line += f" {f'{reached}/{n}':>11} {geometric_ci(wall):>18} {geometric_ci(cpu):>18}"
         final = mean_ci([100 * r["final_accuracy"] for r in method_runs])
-        bwd = np.mean([r["backpropagated"] / f["backpropagated"] for r, f in zip(method_runs, refs)])
+        bwd = np.mean([
+            r["backpropagated"] / f["backpropagated"]
+            for r, f in zip(method_runs, refs)
+        ])
         wall_s = np.mean([r["wall"] for r in method_runs])
         cpu_s = np.mean([r["cpu"] for r in method_runs])
         cut = sum(r["hit_limit"] for r in method_runs)

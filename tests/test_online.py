@@ -330,7 +330,8 @@ def test_rho_loss_with_a_given_holdout_and_irreducible_model():
     assert not torch.equal(before, small[0].weight)  # trained on the holdout
     trained = np.concatenate([s["ids"] for s in rec.steps])
     assert len(trained) == 120 and np.isin(trained, data.ids).all()  # nothing held out
-    expected = F.cross_entropy(small(torch.from_numpy(data.x)), torch.from_numpy(data.y), reduction="none")
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    expected = F.cross_entropy(small(x), y, reduction="none")
     torch.testing.assert_close(callback.irreducible, expected.detach())
     assert result.meter.examples_backpropagated == 60 + 120
 

@@ -81,7 +81,8 @@ def batchnorm_stats_frozen(model: nn.Module):
     saved = []
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            tracked = None if module.num_batches_tracked is None else module.num_batches_tracked.clone()
+            tracked = module.num_batches_tracked
+            tracked = None if tracked is None else tracked.clone()
             saved.append((module, module.momentum, tracked))
             module.momentum = 0.0  # running = (1 - 0)·running + 0·batch
     try:

@@ -96,7 +96,8 @@ class InfoBatch(Sampler[int]):
         """Draw the examples (and weights) of ``epoch`` from the losses reported so far."""
         self.epoch = int(epoch)
         rng = np.random.default_rng([self.seed, self.epoch])
-        losses = self.losses if self.is_pruning_epoch(self.epoch) else np.full_like(self.losses, np.nan)
+        pruning = self.is_pruning_epoch(self.epoch)
+        losses = self.losses if pruning else np.full_like(self.losses, np.nan)  # nothing pruned
         kept, weights = infobatch_prune(losses, self.keep, rng)
         self._weight.fill(1.0)
         self._weight[kept] = weights
@@ -137,9 +138,8 @@ class InfoBatchCallback(Callback):
     """
 
     def __init__(self, keep: float = 0.5, final_full: float = 0.125, seed: int = 0) -> None:
-        self.keep = check_fraction(keep, "keep")
-        self.final_full = float(final_full)
-        self.seed = check_seed(seed)
+        InfoBatch(1, 1, keep, final_full, seed)  # validates the arguments once, at the edge
+        self.keep, self.final_full, self.seed = float(keep), float(final_full), int(seed)
         self.sampler: InfoBatch | None = None
 
     def on_fit_start(self, state) -> None:
@@ -155,8 +155,9 @@ class InfoBatchCallback(Callback):
             self.sampler.set_epoch(state.epoch)
             rows = self.sampler.order
             state.epoch_ids = state.train.ids[rows]
-            if self.sampler.is_pruning_epoch(state.epoch):
-                state.epoch_weights = self.sampler.weights(rows).numpy()
+            weights = self.sampler.weights(rows).numpy()
+            if (weights != 1).any():
+                state.epoch_weights = weights
             state.total_steps = self._planned_steps(state, state.epoch, state.step, len(rows))
 
     def on_after_loss(self, state) -> None:

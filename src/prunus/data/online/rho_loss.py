@@ -157,7 +157,8 @@ class RhoLoss(Callback):
             return
         with state.meter.timing("selection"):
             rng = np.random.default_rng([state.config.seed, state.epoch])
-            state.epoch_ids = state.train.ids[self.train_rows[rng.permutation(len(self.train_rows))]]
+            order = rng.permutation(len(self.train_rows))
+            state.epoch_ids = state.train.ids[self.train_rows[order]]
 
     def on_batch_start(self, state) -> None:
         batch = state.batch

@@ -46,7 +46,9 @@ def select_by_percentile(
     return draws < probability
 
 
-def keep_probabilities(losses: torch.Tensor, history: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+def keep_probabilities(
+    losses: torch.Tensor, history: torch.Tensor, beta: float = 1.0
+) -> torch.Tensor:
     """p_i = (fraction of ``history`` ≤ ℓ_i)^β (see :func:`select_by_percentile`)."""
     if not beta >= 0:
         raise PrunusError(f"beta must be a number ≥ 0 (got {beta!r}).")
