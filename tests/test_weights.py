@@ -316,3 +316,21 @@ def test_bad_input_is_one_sentence():
         W.get_sparsifier("rigl", sparsity=0.5, evry=3)
     with pytest.raises(PrunusError, match="sparsity for method 'nm'"):
         W.get_sparsifier("nm", sparsity=0.9)
+
+
+def test_readme_weights_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "W.prune_channels" in b]
+    if not blocks:
+        pytest.skip("README.md has no weight-sparsity example yet")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert (tmp_path / "cnn-sparse.safetensors").exists()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(namespace["small"]) < 0.5 * count(namespace["dense"])
+    assert sum(int((~m).sum()) for m in namespace["masks"].values()) == int(0.9 * 28960)
+    assert W.sparsity_report(namespace["other"])[-1]["pruned"] == int(0.95 * 28960)

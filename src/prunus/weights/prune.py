@@ -44,9 +44,11 @@ def prune(
     threshold; ``"layer"``: per-layer counts from ``allocation`` = ``"uniform"`` or ``"erk"``),
     and keeps the best. Exactly ``⌊sparsity·N⌋`` of the ``N`` prunable weights are pruned
     (rounding rule in :mod:`prunus.weights.allocate`). Weights that are already pruned stay
-    pruned. With ``iterations = k > 1`` the target is approached exponentially in ``k``
-    rounds, rescoring each time (sparsity after round i: 1 − (1 − s)^(i/k)); SynFlow defaults
-    to 100 rounds as in its paper, the other criteria to 1.
+    pruned as long as the budget allows (a sparsity *below* the current one re-enables the
+    best-scored pruned weights, at value 0). With ``iterations = k > 1`` the target is
+    approached exponentially in ``k`` rounds, rescoring each time (density after round i:
+    d₀·((1 − s)/d₀)^(i/k), from the current density d₀, 1 for an unpruned model); SynFlow
+    defaults to 100 rounds as in its paper, the other criteria to 1.
 
     Args:
         model: the network (masks are attached as parametrizations).
@@ -96,8 +98,11 @@ def prune(
     settings.setdefault("device", params.device)
     total = sum(t.numel for t in targets)
     probe = _synflow_probe(model, targets, data, settings) if method == "synflow" and rounds > 1 else None
+    start_density = 1.0 - _current_sparsity(model, targets)
     for i in range(1, rounds + 1):
-        step_sparsity = sparsity if i == rounds else 1.0 - (1.0 - sparsity) ** (i / rounds)
+        # exponential in density from where the model stands now to the target
+        density = start_density * ((1.0 - sparsity) / start_density) ** (i / rounds)
+        step_sparsity = sparsity if i == rounds else min(1.0 - density, sparsity)
         if probe is not None:
             scores = probe.scores(masks_of(model))
         else:
@@ -112,6 +117,12 @@ def prune(
     if nm is None:
         assert pruned == pruned_count(sparsity, total), (pruned, sparsity, total)
     return masks
+
+
+def _current_sparsity(model: nn.Module, targets: list[Target]) -> float:
+    current = masks_of(model)
+    pruned = sum(int((~current[t.name]).sum()) for t in targets if t.name in current)
+    return pruned / sum(t.numel for t in targets)
 
 
 def _synflow_probe(model, targets, data, settings):
