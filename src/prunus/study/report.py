@@ -240,7 +240,9 @@ def score_table(metas: dict[str, dict]) -> str:
         ])
     return table(head, body) + (
         "<p>Each score table is computed once and reused by every run that selects from it; "
-        "its wall time and FLOPs are split equally among those runs (a seed's share is its "
+        "its wall time (measured around the whole scoring call: proxy training, its "
+        "evaluations and the scoring passes) and FLOPs are split equally among those runs "
+        "(a run's share is its "
         "<code>scoring_seconds</code>). The column <em>scores paid alone</em> in the summary "
         "charges a whole table to one run instead: what a single training run with that "
         "selection costs.</p>")
