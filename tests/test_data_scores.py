@@ -414,6 +414,14 @@ def test_parquet_round_trip_keeps_scores_and_metadata(tmp_path):
         table.write(tmp_path / "aum.csv")
 
 
+def test_join_to_a_hugging_face_dataset_on_id():
+    datasets = pytest.importorskip("datasets")
+    hf = datasets.Dataset.from_dict({"id": [9, 4, 5], "text": ["a", "b", "c"]})
+    joined = small_table().join(hf)
+    np.testing.assert_allclose(joined["aum"], [2.0, np.nan, 0.5])
+    assert joined["text"] == ["a", "b", "c"]
+
+
 def test_rank_correlation_over_common_ids():
     a = small_table()
     b = ScoreTable(np.array([1, 9, 3, 7]), np.array([1, 0, 1, 0]), {"x": np.array([4.0, 1.0, 2.0, 0.0])})
