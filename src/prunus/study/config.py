@@ -484,7 +484,7 @@ DISPLAY_NAMES = {
     "el2n": "EL2N", "grand": "GraNd", "aum": "AUM", "rs2": "RS2", "ccs": "CCS",
     "snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow", "rigl": "RigL", "set": "SET",
     "gmp": "GMP", "imp": "IMP", "infobatch": "InfoBatch", "rho_loss": "RHO-LOSS",
-    "graNet": "GraNet", "granet": "GraNet", "wanda": "Wanda",
+    "granet": "GraNet", "wanda": "Wanda",
 }
 
 
