@@ -1,19 +1,31 @@
-"""GraNd speed: prunus's hook-based exact per-example gradient norms vs a per-example autograd
-loop vs torch.func vmap(grad), on the same examples, in one process; and EL2N/loss scoring
-throughput vs a bare ``torch.inference_mode()`` forward over the same data.
+"""Scoring cost: GraNd speed (prunus's hook-based exact per-example gradient norms vs a
+per-example autograd loop vs torch.func vmap(grad), on the same examples, in one process);
+EL2N/loss scoring throughput vs a bare ``torch.inference_mode()`` forward over the same data;
+and the peak memory of scoring a large MNIST-1D training set.
 
 Each repeat runs every method once (in rotating order) over the same N examples; the table
 shows medians over repeats, the speedup over the loop, and the cost relative to one plain
 batched forward + backward of the same data (the floor). All methods are checked to agree.
 
-    python benchmarks/grand_speed.py --models cnn1d mlp --examples 1024 --repeats 5
+Memory: each score method runs in a fresh child process that loads mnist1d (``--memory-examples``
+training examples, default 200,000) and builds an untrained ``cnn1d`` (memory does not depend on
+the weights); the child then resets its peak-RSS counter (``/proc/self/clear_refs``), scores
+every example and reports ``VmHWM``. The table compares that peak with the resident size just
+before scoring (interpreter, torch, model and data) and with the bytes of the data itself:
+streaming scoring should add O(batch + N scalars), not O(N × parameters).
+
+    python benchmarks/scoring.py --models cnn1d mlp --examples 1024 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -145,6 +157,89 @@ def bench_forward(name: str, examples: int, repeats: int, seed: int) -> list[dic
              "vs_bare": bare_s / statistics.median(times[m])} for m in order]
 
 
+MEMORY_CHILD = """
+import gc, json, os, time
+import torch
+torch.set_num_threads(1)
+from prunus.datasets import load
+from prunus.models import build_model
+from prunus.data.scores.grand import grand_scores
+from prunus.data.scores.loss import el2n_scores, loss_scores
+
+def status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+data = load("mnist1d", train_size={examples}, test_size=100, seed=0)
+model = build_model("cnn1d", data.input_shape, data.num_classes, seed=0)
+method = "{method}"
+limit = {limit_mib} * 2 ** 20
+done = [0]
+
+def watch(examples):
+    # stop a run whose resident size passes the limit (reported, not fatal)
+    done[0] = examples
+    if method == "grand_gc":
+        gc.collect()
+    if status("VmRSS") > limit:
+        raise MemoryError(examples)
+
+before = status("VmRSS")
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    reset = True
+except OSError:
+    reset = False
+start = time.perf_counter()
+stopped_at = None
+try:
+    if method == "el2n":
+        scores = el2n_scores(model, data, batch_size={batch}, progress=watch)
+    elif method == "loss":
+        scores = loss_scores(model, data, batch_size={batch}, progress=watch)
+    elif method in ("grand", "grand_gc"):
+        scores = grand_scores(model, data, batch_size={batch}, progress=watch)
+    else:
+        scores = None
+except MemoryError:
+    scores, stopped_at = None, done[0]
+seconds = time.perf_counter() - start
+print(json.dumps({{
+    "before": before, "peak": status("VmHWM"), "reset": reset, "seconds": seconds,
+    "data_bytes": int(data.x.nbytes + data.y.nbytes + data.ids.nbytes),
+    "params": sum(p.numel() for p in model.parameters()),
+    "scores_bytes": 0 if scores is None else int(scores.nbytes), "stopped_at": stopped_at,
+}}))
+"""
+
+MEMORY_METHODS = {"data only (no scoring)": ("none", 1024), "EL2N (batch 1024)": ("el2n", 1024),
+                  "loss (batch 1024)": ("loss", 1024), "GraNd exact (batch 256)": ("grand", 256),
+                  "GraNd + gc.collect()/batch": ("grand_gc", 256)}
+
+
+def bench_memory(examples: int, limit_mib: int) -> list[dict]:
+    """Peak RSS of scoring ``examples`` mnist1d examples with an untrained cnn1d, per method,
+    each in a fresh child process (1 torch thread). A first child fills the dataset cache, so
+    every measured child reads the same cached arrays."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows = []
+    for label, (method, batch) in [("cache warm-up", ("none", 1024)), *MEMORY_METHODS.items()]:
+        code = MEMORY_CHILD.format(examples=examples, method=method, batch=batch,
+                                   limit_mib=limit_mib)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                              check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory child for {label} failed:\n{done.stderr[-2000:]}")
+        if label != "cache warm-up":
+            rows.append({"method": label, "examples": examples,
+                         **json.loads(done.stdout.strip().splitlines()[-1])})
+    return rows
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -160,7 +255,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--forward-examples", type=int, default=20000,
                         help="examples for the EL2N/loss vs bare forward table (0 skips it)")
+    parser.add_argument("--memory-examples", type=int, nargs="*", default=[20_000, 200_000],
+                        help="mnist1d training set sizes for the peak-memory table (none skips it)")
+    parser.add_argument("--memory-limit-mib", type=int, default=4096,
+                        help="a memory child whose RSS passes this stops scoring and says so")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, device {args.device}; "
           f"{args.examples} examples, batch {args.batch}, median of {args.repeats} repeats, seed {args.seed}")
@@ -184,6 +284,30 @@ def main() -> None:
             for row in bench_forward(name, args.forward_examples, args.repeats, args.seed):
                 print(f"{row['model']:<8} {row['method']:<31} {row['median_s']:>9.3f} "
                       f"{row['ex_per_s']:>11,.0f} {row['vs_bare']:>7.2f}x")
+    if args.memory_examples:
+        mib = 2.0 ** 20
+        rows = [row for n in args.memory_examples
+                for row in bench_memory(n, args.memory_limit_mib)]
+        print()
+        print(f"peak memory: mnist1d, untrained cnn1d ({rows[0]['params']:,} parameters), fresh "
+              f"process per row, 1 thread; 'added' = peak RSS while scoring - RSS just before "
+              f"(interpreter, torch, model and data loaded)")
+        header = (f"{'examples':>9} {'method':<26} {'data MiB':>9} {'RSS before MiB':>15} "
+                  f"{'peak MiB':>9} {'added MiB':>10} {'scores MiB':>11} {'seconds':>8}")
+        print(header)
+        print("-" * len(header))
+        for row in rows:
+            peak = "n/a" if not row["reset"] else f"{row['peak'] / mib:.1f}"
+            added = "n/a" if not row["reset"] else f"{(row['peak'] - row['before']) / mib:.1f}"
+            print(f"{row['examples']:>9,} {row['method']:<26} {row['data_bytes'] / mib:>9.1f} "
+                  f"{row['before'] / mib:>15.1f} {peak:>9} {added:>10} "
+                  f"{row['scores_bytes'] / mib:>11.2f} {row['seconds']:>8.1f}"
+                  + (f"  stopped: RSS passed {args.memory_limit_mib} MiB after "
+                     f"{row['stopped_at']:,} examples" if row["stopped_at"] is not None else ""))
+        largest = max(args.memory_examples)
+        dense = largest * rows[0]["params"] * 4 / mib
+        print(f"(for scale: materialising every per-example gradient of {largest:,} examples "
+              f"would take {largest:,} x {rows[0]['params']:,} x 4 B = {dense:,.0f} MiB)")
 
 
 if __name__ == "__main__":
