@@ -181,7 +181,7 @@ done = [0]
 
 def watch(examples):
     # stop a run whose resident size passes the limit (reported, not fatal)
-    done[0] = examples
+    done[0] += examples  # progress reports the examples of each batch
     if method == "grand_gc":
         gc.collect()
     if status("VmRSS") > limit:
