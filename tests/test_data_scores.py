@@ -477,3 +477,25 @@ def test_cli_score_select_compare(tmp_path, capsys):
     assert run_cli(["select", tmp_path / "missing.parquet", "--keep", "0.5"]) == 2
     assert "policy must be one of" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_grand_leaves_no_reference_cycles_behind():
+    """Each batch's autograd graph must be freed at once, not when the garbage collector runs
+    (a cycle through the gradient hooks once kept every batch alive: memory grew per batch)."""
+    import gc
+
+    from prunus.data.scores.grand import per_example_grad_norms
+    from prunus.models import build_model
+
+    model = build_model("cnn1d", (1, 40), 10, seed=0)
+    x, y = torch.randn(32, 1, 40), torch.randint(0, 10, (32,))
+    per_example_grad_norms(model, x, y)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            per_example_grad_norms(model, x, y)
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable == 0

@@ -221,7 +221,14 @@ def _hooked_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     recorder = _Recorder(model)
     with recorder, torch.enable_grad():
         loss = _summed_loss(model(x), y)
-        if recorder.unsupported is not None or _used_outside_their_layer(model, recorder, loss):
+        outside = recorder.unsupported is not None or _used_outside_their_layer(model, recorder, loss)
+        # A call holds its output's autograd node, and that node holds the call's gradient hook:
+        # a reference cycle that would keep every batch's graph alive until the garbage
+        # collector runs. Dropping the node once it has been inspected keeps memory O(batch).
+        for calls in recorder.calls.values():
+            for call in calls:
+                call.node, call.stops = None, frozenset()
+        if outside:
             return _vmap_norms(model, x, y)
         if not recorder.sources:
             raise PrunusError("GraNd needs a model with trainable parameters (requires_grad=True).")
