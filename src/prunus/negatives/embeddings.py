@@ -74,10 +74,12 @@ def texts_fingerprint(texts: Sequence[str], salt: str = "") -> str:
 
 
 def normalise(array: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
-    array = np.asarray(array, dtype=np.float32)
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return np.ascontiguousarray(array / np.maximum(norms, 1e-12), dtype=np.float32)
+    """Rows scaled to unit L2 norm (zero rows stay zero), float32; no copy when they already are."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", array, array))[:, None]
+    if np.all(np.abs(norms - 1.0) < 1e-5):
+        return array
+    return array / np.maximum(norms, 1e-12)
 
 
 def clear_memory_cache() -> None:
