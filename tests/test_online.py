@@ -285,6 +285,29 @@ def test_selection_forward_is_counted_and_leaves_batchnorm_statistics_alone():
     assert (state.meter.examples_forwarded, state.meter.examples_backpropagated) == (32, 0)
 
 
+def test_meter_counts_nested_phases_once_and_snapshots_the_running_phase(monkeypatch):
+    # the selection forward passes are timed as training, and an evaluation inside the
+    # training loop must not be counted as training too: a fake clock checks the bookkeeping
+    from types import SimpleNamespace
+
+    from prunus.train import ComputeMeter
+    from prunus.train import meter as meter_module
+
+    clock = [0.0]
+    monkeypatch.setattr(meter_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    meter = ComputeMeter()
+    with meter.timing("train"):
+        clock[0] += 2.0
+        with meter.timing("eval"):
+            clock[0] += 5.0
+        clock[0] += 1.0
+        mid = meter.snapshot()
+        assert (mid["train_seconds"], mid["eval_seconds"]) == (3.0, 5.0)
+        clock[0] += 4.0
+    assert meter.seconds["train"] == 7.0 and meter.seconds["eval"] == 5.0
+    assert meter.snapshot()["total_seconds"] == 12.0
+
+
 # --------------------------------------------------------------------------- RHO-LOSS
 
 

@@ -30,15 +30,28 @@ class ComputeMeter:
     flops: float = 0.0
     density: float = 1.0
     _per_example: dict[tuple, tuple[float, float]] = field(default_factory=dict, repr=False)
+    _running: list[list] = field(default_factory=list, repr=False)  # [phase, since] stack
 
     @contextmanager
     def timing(self, phase: str):
-        """Add the wall time of the ``with`` block to ``phase``."""
-        start = time.perf_counter()
+        """Add the wall time of the ``with`` block to ``phase``.
+
+        Blocks nest: an inner phase (e.g. an evaluation inside the training loop) pauses the
+        outer one, so no second is counted twice. ``snapshot`` includes the running block.
+        """
+        now = time.perf_counter()
+        if self._running:  # pause the enclosing phase
+            outer = self._running[-1]
+            self.seconds[outer[0]] = self.seconds.get(outer[0], 0.0) + now - outer[1]
+        self._running.append([phase, now])
         try:
             yield
         finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+            end = time.perf_counter()
+            _, start = self._running.pop()
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + end - start
+            if self._running:  # resume the enclosing phase
+                self._running[-1][1] = end
 
     def charge(self, phase: str, seconds: float, flops: float = 0.0) -> None:
         """Charge work done elsewhere (e.g. a share of a cached score table's cost)."""
@@ -66,10 +79,15 @@ class ComputeMeter:
         return sum(self.seconds.values())
 
     def snapshot(self) -> dict[str, float]:
-        """Cumulative counters as a flat dict (for per-epoch rows)."""
-        row = {f"{phase}_seconds": s for phase, s in self.seconds.items()}
+        """Cumulative counters as a flat dict (for per-epoch rows), the running phase included
+        up to now (so a mid-epoch row has the training time spent so far)."""
+        seconds = dict(self.seconds)
+        if self._running:
+            phase, since = self._running[-1]
+            seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - since
+        row = {f"{phase}_seconds": s for phase, s in seconds.items()}
         row.update(
-            total_seconds=self.total_seconds,
+            total_seconds=sum(seconds.values()),
             examples_forwarded=self.examples_forwarded,
             examples_backpropagated=self.examples_backpropagated,
             flops=self.flops,
