@@ -330,7 +330,7 @@ def test_readme_weights_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 - our own README
     assert (tmp_path / "cnn-sparse.safetensors").exists()
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(namespace["small"]) < 0.5 * count(namespace["dense"])
     assert sum(int((~m).sum()) for m in namespace["masks"].values()) == int(0.9 * 28960)
     assert W.sparsity_report(namespace["other"])[-1]["pruned"] == int(0.95 * 28960)
