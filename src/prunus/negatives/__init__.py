@@ -52,13 +52,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "NEGATIVE_POLICIES",
-    "GuidedMultipleNegativesRankingLoss",
     "MARGIN_KINDS",
+    "NEGATIVE_POLICIES",
+    "SAMPLINGS",
+    "GuidedMultipleNegativesRankingLoss",
     "MinedNegatives",
     "PolicyConfig",
     "RetrievalDataset",
-    "SAMPLINGS",
     "embed",
     "evaluate",
     "filter_negatives",
