@@ -40,7 +40,15 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "cpu", max_seq_length
                 f"model must be 'minilm' or a directory with a saved sentence-transformers model "
                 f"(got {name!r})."
             )
-    model = st.SentenceTransformer(str(path), device=device, local_files_only=True)
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a weight-loading bar per load clutters prunus's output
+    try:
+        model = st.SentenceTransformer(str(path), device=device, local_files_only=True)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     if max_seq_length is not None:
         if max_seq_length < 8:
             raise PrunusError(f"max_seq_length must be at least 8 (got {max_seq_length}).")

@@ -56,6 +56,17 @@ class PolicyConfig(StrictModel):
     encode_batch_size: int = Field(64, ge=1)
 
 
+def check_config(config: dict[str, Any]) -> PolicyConfig:
+    """Validate the settings of a negatives run (one-sentence :class:`PrunusError`)."""
+    cfg: PolicyConfig = validated(PolicyConfig, dict(config), where="negatives")  # type: ignore[assignment]
+    if cfg.rank_range[0] < 0 or cfg.rank_range[1] - cfg.rank_range[0] < cfg.num_negatives:
+        raise PrunusError(
+            f"negatives.rank_range must satisfy 0 <= lo and hi - lo >= num_negatives "
+            f"(got {cfg.rank_range})."
+        )
+    return cfg
+
+
 def run_policy(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     """Fine-tune the embedding model under one negatives policy and evaluate retrieval.
 
@@ -97,12 +108,7 @@ def run_policy(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     from prunus.negatives.partial import TopLayers
     from prunus.negatives.train import TrainingPairs, fine_tune, random_negatives
 
-    cfg: PolicyConfig = validated(PolicyConfig, dict(config), where="negatives")  # type: ignore[assignment]
-    if cfg.rank_range[0] < 0 or cfg.rank_range[1] - cfg.rank_range[0] < cfg.num_negatives:
-        raise PrunusError(
-            f"negatives.rank_range must satisfy 0 <= lo and hi - lo >= num_negatives "
-            f"(got {cfg.rank_range})."
-        )
+    cfg = check_config(config)
     started = time.perf_counter()
     dataset = _dataset(cfg)
     pretrained, key = _pretrained(cfg)
@@ -149,7 +155,7 @@ def run_policy(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
             drop = by_guide | by_group
             out["dropped"] = int(drop.sum())
             negatives = np.where(drop, -1, negatives)
-    out["mine_seconds"] = time.perf_counter() - t
+    out["mine_seconds"] = time.perf_counter() - t if len(negatives.T) else 0.0
     out["negatives_per_pair"] = float((negatives >= 0).sum() / max(len(positives), 1))
 
     model = pretrained

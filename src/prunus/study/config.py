@@ -33,6 +33,22 @@ Example::
     [[policies]]
     weights = "magnitude"
     sparsity = [0.8]
+
+A retrieval study compares negatives policies (``prunus.negatives.NEGATIVE_POLICIES``) for
+fine-tuning an embedding model; ``[negatives]`` holds the settings every run shares (keys of
+:class:`prunus.negatives.policy.PolicyConfig`), a policy's ``options`` override them, and the
+grid adds in-batch negatives (the reference), random negatives (the random baseline) and the
+pre-trained model. ``datasets`` and ``models`` may then be left out::
+
+    seeds = 3
+    targets = []
+
+    [negatives]
+    train_pairs = 512
+
+    [[policies]]
+    negatives = "mined-margin"
+    options = { margin = 0.05 }
 """
 
 from __future__ import annotations
@@ -142,13 +158,15 @@ class ProxyConfig(StrictModel):
 
 
 class PolicyConfig(StrictModel):
-    """One policy: exactly one of ``score`` (static data), ``online`` or ``weights``.
+    """One policy: exactly one of ``score`` (static data), ``online``, ``weights`` or
+    ``negatives``.
 
     Static: ``score`` method, ``select`` policy (hardest, easiest, band, ccs…), ``stratify``,
     ``select_options`` (e.g. CCS's ``beta``), ``proxy`` (how scores are computed).
     Online: ``online`` method and its ``options``. Weights: ``weights`` method and its
-    ``options``. ``keep`` / ``sparsity`` default to the study's lists; ``train`` overrides
-    training settings for this policy's runs; ``label`` names it in the report.
+    ``options``. Negatives: a negatives policy and its ``options`` (over the study's
+    ``[negatives]`` settings). ``keep`` / ``sparsity`` default to the study's lists; ``train``
+    overrides training settings for this policy's runs; ``label`` names it in the report.
     """
 
     score: str | None = None
@@ -158,6 +176,7 @@ class PolicyConfig(StrictModel):
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     online: str | None = None
     weights: str | None = None
+    negatives: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     keep: list[Fraction] | None = None
     sparsity: list[Annotated[float, Field(gt=0, lt=1)]] | None = None
@@ -166,29 +185,37 @@ class PolicyConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> PolicyConfig:
-        kinds = [k for k in ("score", "online", "weights") if getattr(self, k) is not None]
+        kinds = [k for k in KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("needs exactly one of score, online or weights")
+            raise ValueError("needs exactly one of score, online, weights or negatives")
         if self.kind != "static":
             for name in ("select_options",):
                 if getattr(self, name):
                     raise ValueError(f"{name} applies only to static (score) policies")
+        if self.kind == "negatives":
+            for name in ("keep", "sparsity"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} does not apply to a negatives policy")
+            if self.train:
+                raise ValueError("train does not apply to a negatives policy; set its options")
         if self.kind == "weights" and self.keep is not None:
             raise ValueError("keep applies to data policies; a weight policy takes sparsity")
-        if self.kind != "weights" and self.sparsity is not None:
+        if self.kind in ("static", "online") and self.sparsity is not None:
             raise ValueError("sparsity applies to weight policies; a data policy takes keep")
         check_train_overrides(self.train)
         return self
 
     @property
-    def kind(self) -> Literal["static", "online", "weights"]:
+    def kind(self) -> Literal["static", "online", "weights", "negatives"]:
         if self.score is not None:
             return "static"
-        return "online" if self.online is not None else "weights"
+        if self.online is not None:
+            return "online"
+        return "weights" if self.weights is not None else "negatives"
 
     @property
     def method(self) -> str:
-        return self.score or self.online or self.weights or ""
+        return self.score or self.online or self.weights or self.negatives or ""
 
     @property
     def display(self) -> str:
@@ -197,6 +224,9 @@ class PolicyConfig(StrictModel):
         if self.kind == "static":
             return f"{display_name(self.method)}-{display_name(self.select)}"
         return display_name(self.method)
+
+
+KINDS = ("score", "online", "weights", "negatives")
 
 
 class ExecutionConfig(StrictModel):
@@ -219,9 +249,10 @@ class StudyConfig(StrictModel):
     targets: list[float | str] = Field(default_factory=lambda: ["full-1pp"])
     random_stratify: bool = True
     cross: bool = False
-    datasets: list[DatasetConfig]
-    models: list[ModelConfig]
+    datasets: list[DatasetConfig] = Field(default_factory=list)
+    models: list[ModelConfig] = Field(default_factory=list)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    negatives: dict[str, Any] = Field(default_factory=dict)
     policies: list[PolicyConfig] = Field(default_factory=list)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
@@ -265,9 +296,7 @@ class StudyConfig(StrictModel):
 
     @field_validator("datasets", "models")
     @classmethod
-    def _non_empty(cls, values: list) -> list:
-        if not values:
-            raise ValueError("must list at least one entry")
+    def _distinct_labels(cls, values: list) -> list:
         labels = [v.display for v in values]
         if len(set(labels)) != len(labels):
             raise ValueError("entries must have distinct names; set label to tell them apart")
@@ -275,10 +304,22 @@ class StudyConfig(StrictModel):
 
     @model_validator(mode="after")
     def _policies(self) -> StudyConfig:
+        retrieval_only = bool(self.policies) and all(
+            p.kind == "negatives" for p in self.policies)
+        for name in ("datasets", "models"):
+            if not getattr(self, name) and not retrieval_only:
+                raise PolicyError(f"{name} must list at least one entry (only a study of "
+                                  "negatives policies alone may leave it out).")
+        if self.negatives:
+            check_negatives("negatives", self.negatives, {})
         seen: dict[str, int] = {}
         for i, policy in enumerate(self.policies):
             where = f"policies[{i}]"
-            check_method(policy, where, self.keeps_of(policy), self.sparsities_of(policy))
+            if policy.kind == "negatives":
+                check_negatives(f"{where}.options", self.negatives, policy.options,
+                                policy.negatives)
+            else:
+                check_method(policy, where, self.keeps_of(policy), self.sparsities_of(policy))
             if policy.kind == "weights" and not (policy.sparsity or self.sparsity):
                 raise PolicyError(f"{where}.sparsity must list at least one sparsity in (0, 1) "
                                   "(or set the study's sparsity list).")
@@ -304,6 +345,14 @@ class StudyConfig(StrictModel):
         """The sparsities a weight policy runs at."""
         return sorted(policy.sparsity) if policy.sparsity is not None else list(self.sparsity)
 
+    def negatives_of(self, policy: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The settings of a negatives run: the study's ``[negatives]``, then the policy's."""
+        return {**self.negatives, **(options or {}), "policy": policy}
+
+    @property
+    def has_negatives(self) -> bool:
+        return any(p.kind == "negatives" for p in self.policies)
+
     def comparable(self) -> dict[str, Any]:
         """The settings that decide results (execution settings left out), for resume checks."""
         return json.loads(self.model_dump_json(exclude={"execution"}))
@@ -313,6 +362,7 @@ RESERVED_LABELS = {
     "static": ("full data", "random"),
     "online": ("full data", "random", "RS2"),
     "weights": ("dense", "random pruning"),
+    "negatives": ("in-batch", "random", "pre-trained"),
 }
 
 
@@ -466,6 +516,25 @@ def check_method(policy: PolicyConfig, where: str, keeps: list[float],
                     **policy.options)
 
 
+def check_negatives(field: str, shared: dict[str, Any], options: dict[str, Any],
+                    policy: str | None = None) -> None:
+    """A negatives policy's name and merged settings, validated now (one sentence per error)."""
+    policies = plugins.negative_policies()
+    if policies is None:
+        raise PolicyError(f"{field}: negatives policies are not available in this "
+                          "installation (prunus.negatives is missing).")
+    if policy is not None and policy not in policies:
+        raise PolicyError(choice_sentence(field.removesuffix(".options") + ".negatives",
+                                          policy, policies))
+    if "policy" in options or "policy" in shared:
+        raise PolicyError(f"{field}.policy is set by the policy itself; remove it.")
+    try:
+        plugins.check_negatives_settings({**shared, **options, "policy": policy or "in-batch"})
+    except PrunusError as exc:
+        message = str(exc).rstrip(".").removeprefix("negatives.")
+        raise PolicyError(f"{field}.{message}.") from None
+
+
 def dry_run(field: str, build, *args, **kwargs) -> None:
     """Build a policy's callback (or selection) once now, so bad settings fail before any run."""
     try:
@@ -484,7 +553,7 @@ DISPLAY_NAMES = {
     "el2n": "EL2N", "grand": "GraNd", "aum": "AUM", "rs2": "RS2", "ccs": "CCS",
     "snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow", "rigl": "RigL", "set": "SET",
     "gmp": "GMP", "imp": "IMP", "infobatch": "InfoBatch", "rho_loss": "RHO-LOSS",
-    "granet": "GraNet", "wanda": "Wanda",
+    "granet": "GraNet", "wanda": "Wanda", "pretrained": "pre-trained",
 }
 
 

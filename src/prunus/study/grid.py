@@ -8,6 +8,10 @@ family offers it); random pruning at every sparsity (when the weights family off
 Every arm runs with every seed, and the seed fixes the initialisation and data order, so runs
 are paired by seed.
 
+A retrieval study (negatives policies) has one setting per (retrieval dataset, embedding model)
+named in its ``[negatives]`` settings, and its own baselines: in-batch negatives (the reference,
+in the role of full data), random negatives (the random baseline) and the pre-trained model.
+
 Static scores are computed once per (dataset fingerprint, proxy model, method, proxy settings)
 — a :class:`ScoreJob` — and every run that uses the table is charged an equal share of its cost.
 """
@@ -23,7 +27,8 @@ from typing import Any
 from prunus.study import plugins
 from prunus.study.config import PolicyConfig, StudyConfig, display_name
 
-FULL, RANDOM, STATIC, ONLINE = "full", "random", "static", "online"
+FULL, RANDOM, STATIC, ONLINE, NEGATIVES = "full", "random", "static", "online", "negatives"
+CLASSIFICATION, RETRIEVAL = "classification", "retrieval"
 DENSE, WEIGHTS = "dense", "weights"
 FULL_LABEL, RANDOM_LABEL = "full data", "random"
 DENSE_LABEL, RANDOM_PRUNING_LABEL = "dense", "random pruning"
@@ -33,10 +38,10 @@ DENSE_LABEL, RANDOM_PRUNING_LABEL = "dense", "random pruning"
 class DataArm:
     """Which examples a run trains on."""
 
-    kind: str  # full | random | static | online
+    kind: str  # full | random | static | online | negatives
     label: str
     keep: float = 1.0
-    method: str | None = None  # score method (static) or online method
+    method: str | None = None  # score method (static), online method or negatives policy
     select: str | None = None
     stratify: bool = True
     select_options: str = "{}"  # JSON, so that arms stay hashable
@@ -91,6 +96,7 @@ class RunSpec:
     train: dict[str, Any]
     score_key: str | None = None
     score_shared_by: int = 0
+    task: str = CLASSIFICATION  # retrieval: ``train`` holds the negatives run's settings
 
     @property
     def policy(self) -> str:
@@ -127,12 +133,29 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str]) -> tuple[list
                                         fingerprints[dataset.display], model_spec)
                         job = jobs.setdefault(job.key, job)
                     planned.append((setting, dataset_spec, model_spec, arm, seed, job))
+    if config.has_negatives:
+        arms_by_setting = negatives_arms(config)
+        for seed in config.seeds:
+            for setting, (dataset_spec, model_spec, setting_arms) in arms_by_setting.items():
+                planned += [(setting, dataset_spec, model_spec, arm, seed, None)
+                            for arm in setting_arms]
     shared: dict[str, int] = {}
     for *_, job in planned:
         if job is not None:
             shared[job.key] = shared.get(job.key, 0) + 1
     runs = []
     for index, (setting, dataset_spec, model_spec, arm, seed, job) in enumerate(planned):
+        if arm.task == RETRIEVAL:
+            train = json.loads(arm.train)
+            identity = {"task": RETRIEVAL, "data": asdict(arm.data), "seed": seed,
+                        "negatives": train}
+            runs.append(RunSpec(
+                run_id=digest(identity, 12), index=index, setting=setting,
+                dataset=dataset_spec, model=model_spec, data=arm.data,
+                weights=WeightArm(DENSE, DENSE_LABEL, baseline=True), seed=seed, train=train,
+                task=RETRIEVAL,
+            ))
+            continue
         train = {**config.train.model_dump(exclude={"seed"}), **json.loads(arm.train)}
         identity = {
             "dataset": dataset_spec, "model": model_spec, "data": asdict(arm.data),
@@ -164,18 +187,52 @@ class Arm:
 
     data: DataArm
     weights: WeightArm
-    train: str = "{}"  # JSON of TrainConfig overrides
+    train: str = "{}"  # JSON of TrainConfig overrides (retrieval: the negatives settings)
     policy: PolicyConfig | None = None
+    task: str = CLASSIFICATION
 
     @property
     def identity(self) -> tuple[str, str, str]:
         return arm_identity(self.data), arm_identity(self.weights), self.train
 
 
+def negatives_arms(config: StudyConfig) -> dict[str, tuple[dict, dict, list[Arm]]]:
+    """Setting label -> (dataset, model, arms) of a retrieval study, baselines first.
+
+    Baselines: in-batch negatives (data kind ``full``: the reference), random negatives (kind
+    ``random``, labelled ``random``: the random baseline every policy is paired against) and
+    the pre-trained model without fine-tuning.
+    """
+    from prunus.negatives.policy import check_config
+
+    dense = WeightArm(DENSE, DENSE_LABEL, baseline=True)
+    baselines = [(FULL, "in-batch", "in-batch"), (RANDOM, RANDOM_LABEL, "random"),
+                 (NEGATIVES, display_name("pretrained"), "pretrained")]
+    out: dict[str, tuple[dict, dict, list[Arm]]] = {}
+    unique: dict[str, dict[tuple, Arm]] = {}
+    entries = [(kind, label, name, {}, True) for kind, label, name in baselines]
+    entries += [(NEGATIVES, p.display, p.negatives, p.options, False)
+                for p in config.policies if p.kind == "negatives"]
+    for kind, label, name, options, baseline in entries:
+        settings = check_config(config.negatives_of(name, options)).model_dump(mode="json")
+        setting = f"{settings['dataset']} / {settings['model']}"
+        dataset_spec = {"name": settings["dataset"], "options": settings["dataset_options"]}
+        if setting not in out:
+            out[setting] = (dataset_spec, {"name": settings["model"], "options": {}}, [])
+            unique[setting] = {}
+        data = DataArm(kind, label, method=name, baseline=baseline)
+        arm = Arm(data, dense, canonical(settings), task=RETRIEVAL)
+        key = (name, arm.train)
+        if key not in unique[setting]:
+            unique[setting][key] = arm
+            out[setting][2].append(arm)
+    return out
+
+
 def study_arms(config: StudyConfig) -> list[Arm]:
     """The arms of one setting, baselines first, duplicates of a baseline dropped."""
-    keeps = sorted({k for p in config.policies if p.kind != "weights" for k in config.keeps_of(p)}
-                   | set(config.keep))
+    keeps = sorted({k for p in config.policies if p.kind in ("static", "online")
+                    for k in config.keeps_of(p)} | set(config.keep))
     sparsities = sorted({s for p in config.policies if p.kind == "weights"
                          for s in config.sparsities_of(p)} | set(config.sparsity))
     online = plugins.online_methods() or ()
@@ -189,7 +246,7 @@ def study_arms(config: StudyConfig) -> list[Arm]:
             data_arms.append((DataArm(ONLINE, display_name("rs2"), keep, method="rs2",
                                       baseline=True), None))
     for policy in config.policies:
-        for keep in config.keeps_of(policy) if policy.kind != "weights" else ():
+        for keep in config.keeps_of(policy) if policy.kind in ("static", "online") else ():
             if policy.kind == "static":
                 arm = DataArm(STATIC, policy.display, keep, method=policy.score,
                               select=policy.select, stratify=policy.stratify,
@@ -262,7 +319,11 @@ def score_job(config: StudyConfig, policy: PolicyConfig, dataset: dict[str, Any]
 
 
 def arm_label(data: DataArm, weights: WeightArm) -> str:
-    """``full data``; ``EL2N-hardest, keep 50%``; ``magnitude, sparsity 80%``; or both."""
+    """``full data``; ``EL2N-hardest, keep 50%``; ``magnitude, sparsity 80%``; or both.
+    Negatives arms (which keep every pair) are named by their policy alone."""
+    if data.kind == NEGATIVES or (data.method is not None and data.keep == 1.0
+                                  and data.kind in (FULL, RANDOM)):
+        return data.label
     parts = []
     if data.kind != FULL or weights.kind == DENSE:
         parts.append(data.label if data.kind == FULL else f"{data.label}, keep {percent(data.keep)}")

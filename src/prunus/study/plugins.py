@@ -47,6 +47,28 @@ def weight_methods() -> Collection[str] | None:
     return tuple(getattr(weights, "WEIGHT_METHODS", ()))
 
 
+def negative_policies() -> Collection[str] | None:
+    """Negatives policies (``prunus.negatives.NEGATIVE_POLICIES``), or None if absent."""
+    negatives = _module("prunus.negatives")
+    if negatives is None or not hasattr(negatives, "run_policy"):
+        return None
+    return tuple(getattr(negatives, "NEGATIVE_POLICIES", ()))
+
+
+def check_negatives_settings(config: dict[str, Any]) -> None:
+    """Validate a negatives run's settings without running it (``PrunusError`` if bad)."""
+    from prunus.negatives.policy import check_config
+
+    check_config(config)
+
+
+def run_negatives(config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``prunus.negatives.run_policy(...)``: fine-tune and evaluate one negatives policy."""
+    from prunus.negatives import run_policy
+
+    return run_policy(config, seed=seed)
+
+
 def compute_scores(dataset, *, model: str, method: str, epochs: int, seeds: list[int],
                    **settings: Any):
     """``prunus.data.score(...)``: a score table from short proxy runs."""

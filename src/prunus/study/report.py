@@ -64,9 +64,10 @@ def verdict(s: ArmSummary) -> str:
         return f"{s.policy}: failed in all {seeds} seeds ({reason})"
     if s.is_full:
         text = f"{s.policy}: {pct(s.accuracy.mean)} {interval(s.accuracy, pct_bounds=True)} " \
-               f"test accuracy over {len(s.seeds)} seed{'s' * (len(s.seeds) != 1)}, the reference"
+               f"test {metric_name(s.metric)} over {len(s.seeds)} " \
+               f"seed{'s' * (len(s.seeds) != 1)}, the reference"
     else:
-        reference = "dense" if s.data_kind == "full" else "full"
+        reference = "dense" if s.data_kind == "full" else s.reference
         parts = []
         if s.vs_full is not None:
             parts.append(f"{pp(s.vs_full.mean)} vs {reference} {interval(s.vs_full)}")
@@ -86,6 +87,8 @@ def time_phrase(s: ArmSummary) -> str:
     if math.isnan(s.time_ratio.mean):
         return "time n/a"
     reference = "full-data" if s.data_kind != "full" else "dense"
+    if s.metric != "accuracy":
+        reference = s.reference
     text = f"{s.time_ratio.mean:.2f}× {reference} time"
     if s.uses_scores:
         text += " including scoring"
@@ -95,9 +98,16 @@ def time_phrase(s: ArmSummary) -> str:
                      f"{alone:.2f}× if paid by one run)")
     elif s.data_kind == "online":
         text += " including selection"
+    elif s.data_kind == "negatives" and s.selection_seconds.mean > 0:
+        text += " including mining"
     if s.flops_theoretical and not math.isnan(s.flops_ratio.mean):
         text += f", {s.flops_ratio.mean:.2f}× {reference} FLOPs (theoretical)"
     return text
+
+
+def metric_name(metric: str) -> str:
+    """``ndcg@10`` -> ``nDCG@10`` (how the report writes a metric)."""
+    return {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10"}.get(metric, metric)
 
 
 def pct(value: float) -> str:
@@ -170,7 +180,10 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
         parts.append("</div>")
         parts.append("<h2>Summary</h2>")
         parts.append(summary_table(arms))
-        parts.append("<h2>Time to target accuracy</h2>")
+        if arms and arms[0].metric != "accuracy":
+            parts.append("<h2>Retrieval metrics and negatives</h2>")
+            parts.append(retrieval_table(arms))
+        parts.append(f"<h2>Time to target {e(metric_name(arms[0].metric if arms else 'accuracy'))}</h2>")
         parts.append(target_table(arms))
 
     parts.append("<h2>Score tables</h2>")
@@ -185,7 +198,8 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
 
 
 def summary_table(arms: list[ArmSummary]) -> str:
-    head = ["policy", "keep", "sparsity", "seeds", "accuracy", "95% CI", "Δ vs full", "95% CI",
+    metric = metric_name(arms[0].metric) if arms else "accuracy"
+    head = ["policy", "keep", "sparsity", "seeds", metric, "95% CI", "Δ vs full", "95% CI",
             "Δ vs random", "95% CI", "wins vs random", "cost s", "× full time",
             "× full time, scores paid alone", "× full FLOPs", "on frontier"]
     body = []
@@ -206,8 +220,42 @@ def summary_table(arms: list[ArmSummary]) -> str:
     return table(head, body)
 
 
+RETRIEVAL_COLUMNS = [
+    ("ndcg@10", "nDCG@10", True), ("mrr@10", "MRR@10", True), ("recall@1", "Recall@1", True),
+    ("recall@10", "Recall@10", True), ("negatives_per_pair", "negatives per pair", False),
+    ("skipped_by_margin", "skipped by margin", False), ("guide_flagged", "guide flagged", False),
+    ("guide_flagged_true_duplicates", "of which true duplicates", False),
+    ("dropped", "dropped", False), ("masked_per_anchor", "in-batch masked per anchor", False),
+]
+
+
+def retrieval_table(arms: list[ArmSummary]) -> str:
+    """Every retrieval metric (mean and 95% CI over seeds) and the negatives statistics."""
+    head = ["policy", "seeds"]
+    for _, label, with_ci in RETRIEVAL_COLUMNS:
+        head += [label, "95% CI"] if with_ci else [label]
+    body = []
+    for s in arms:
+        cells = [text(s.policy), num(len(s.seeds), str(len(s.seeds)))]
+        for name, _, with_ci in RETRIEVAL_COLUMNS:
+            e = s.extra.get(name)
+            if e is None:
+                cells += [num(None, ""), text("")] if with_ci else [num(None, "")]
+            elif with_ci:
+                cells += [num(e.mean, pct(e.mean)), text(ci_pct(e))]
+            else:
+                cells.append(num(e.mean, f"{e.mean:,.2f}"))
+        body.append(cells)
+    return table(head, body) + (
+        "<p>Metrics on the test queries, with every known duplicate of a positive counted as "
+        "relevant. Negatives statistics are per training set, averaged over seeds: "
+        "<em>guide flagged</em> mined negatives the pre-trained guide scores above the "
+        "query's positive, <em>of which true duplicates</em> those that are known duplicates "
+        "of the positive, <em>dropped</em> negatives removed before training.</p>")
+
+
 def target_table(arms: list[ArmSummary]) -> str:
-    head = ["policy", "target", "accuracy", "reached", "seconds", "95% CI", "GFLOPs", "95% CI",
+    head = ["policy", "target", metric_name(arms[0].metric) if arms else "accuracy", "reached", "seconds", "95% CI", "GFLOPs", "95% CI",
             "× full-data seconds"]
     body = []
     for s in arms:
@@ -331,6 +379,12 @@ def figures(arms: list[ArmSummary], rows: Sequence[dict]) -> list[tuple[str, str
 
     matplotlib.use("Agg")
     out = []
+    if arms and arms[0].metric != "accuracy":
+        label = metric_name(arms[0].metric)
+        return [(f"{label} by negatives policy (mean over seeds, 95% CI)",
+                 metric_bars(arms, label)),
+                (f"Pareto frontier: {label} vs cost (dots: runs; markers: arm means)",
+                 pareto_plot(arms, rows, label))]
     data_arms = [a for a in arms if a.weight_policy == "dense"]
     if any(a.data_kind != "full" for a in data_arms):
         out.append(("Accuracy vs keep fraction (mean over seeds, 95% CI band)",
@@ -437,7 +491,31 @@ def time_to_target_bars(arms: list[ArmSummary]) -> str:
     return png(fig)
 
 
-def pareto_plot(arms: list[ArmSummary], rows: Sequence[dict]) -> str:
+def metric_bars(arms: list[ArmSummary], label: str) -> str:
+    import matplotlib.pyplot as plt
+
+    shown = [a for a in arms if a.seeds]
+    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(shown) + 1.2))
+    means = [100 * a.accuracy.mean for a in shown]
+    errors = [[100 * (a.accuracy.mean - a.accuracy.low) if a.accuracy.has_interval else 0
+               for a in shown],
+              [100 * (a.accuracy.high - a.accuracy.mean) if a.accuracy.has_interval else 0
+               for a in shown]]
+    ax.barh(range(len(shown)), means, xerr=errors, alpha=0.75,
+            color=["black" if a.is_full else "tab:blue" for a in shown])
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([plain(a.policy) for a in shown], fontsize=8)
+    ax.invert_yaxis()
+    if means:
+        low = min(m - e for m, e in zip(means, errors[0]))
+        ax.set_xlim(max(0.0, low - 2.0), min(100.0, max(means) + max(errors[1] + [0]) + 1.0))
+    ax.set_xlabel(f"test {label} (%)")
+    ax.grid(alpha=0.3, axis="x")
+    return png(fig)
+
+
+def pareto_plot(arms: list[ArmSummary], rows: Sequence[dict],
+                metric: str = "test accuracy") -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -457,7 +535,7 @@ def pareto_plot(arms: list[ArmSummary], rows: Sequence[dict]) -> str:
         ax.step([a.cost_seconds.mean for a in front], [100 * a.accuracy.mean for a in front],
                 where="post", color="tab:red", lw=1, label="frontier")
     ax.set_xlabel("cost: wall seconds (training + selection + scoring share)")
-    ax.set_ylabel("final test accuracy (%)")
+    ax.set_ylabel(f"final {metric} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     return png(fig)
@@ -516,6 +594,10 @@ saves no wall time without a sparse kernel.</li>
 ({targets}; "full-1pp" means 1 point below full data's mean final accuracy), over the seeds that
 reached it.</li>
 <li><b>Pareto frontier</b>: arms that no other arm beats on both mean accuracy and mean cost.</li>
+<li><b>Retrieval settings</b> (negatives policies) report nDCG@10 where the others report
+accuracy, in-batch negatives are the reference (in the role of full data) and random
+negatives the random baseline; cost is fine-tuning plus mining and filtering (embedding the
+mining pool with the pre-trained model is common to every arm and not charged).</li>
 </ul></details>"""
 
 SCRIPT = """<script>

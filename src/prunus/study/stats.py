@@ -176,11 +176,15 @@ class ArmSummary:
     flops: Estimate = NO_ESTIMATE
     flops_ratio: Estimate = NO_ESTIMATE
     scoring_seconds: Estimate = NO_ESTIMATE
+    selection_seconds: Estimate = NO_ESTIMATE
     uses_scores: bool = False
     score_shared_by: int = 0
     flops_theoretical: bool = False
     targets: list[TargetResult] = field(default_factory=list)
     on_frontier: bool = False
+    metric: str = "accuracy"  # what ``accuracy`` holds (ndcg@10 for a retrieval setting)
+    reference: str = "full"  # how verdicts name the setting's reference arm
+    extra: dict[str, Estimate] = field(default_factory=dict)  # retrieval: other metrics
 
     @property
     def is_full(self) -> bool:
@@ -220,9 +224,12 @@ def summarize(rows: Sequence[Mapping[str, Any]], targets: Sequence[float | str])
             cost_seconds=mean_ci(f["cost_seconds"] for f in ok),
             flops=mean_ci(f["flops"] for f in ok),
             scoring_seconds=mean_ci(f["scoring_seconds"] for f in ok),
+            selection_seconds=mean_ci(f.get("selection_seconds", 0.0) for f in ok),
             uses_scores=first["score_table"] is not None,
             score_shared_by=int(first["score_shared_by"] or 0),
             flops_theoretical=any(f["flops_theoretical"] for f in ok),
+            metric=first.get("metric") or "accuracy",
+            extra=extra_metrics(ok),
         )
         summaries[key] = summary
 
@@ -232,6 +239,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], targets: Sequence[float | str])
         mine = by_seed[key]
         full_key = (summary.setting, "full", 1.0, "dense", 0.0)
         full = by_seed.get(full_key, {})
+        if summary.metric != "accuracy" and full_key in summaries:
+            summary.reference = summaries[full_key].policy
         acc = {s: r["accuracy"] for s, r in mine.items()}
         if key != full_key and full:
             summary.vs_full = paired_difference(acc, {s: r["accuracy"] for s, r in full.items()})
@@ -295,6 +304,17 @@ def target_result(label: str, value: float, runs: Mapping[int, Mapping[str, Any]
         reached=len(seconds), seeds=len(runs),
         ratio_to_full=paired_ratio(seconds, full_seconds),
     )
+
+
+def extra_metrics(finals: Sequence[Mapping[str, Any]]) -> dict[str, Estimate]:
+    """Mean and interval of every number in the finished runs' ``metrics`` JSON (retrieval)."""
+    import json
+
+    values: dict[str, list[float]] = defaultdict(list)
+    for row in finals:
+        for name, value in json.loads(row.get("metrics") or "{}").items():
+            values[name].append(float(value))
+    return {name: mean_ci(v) for name, v in values.items()}
 
 
 def cost_alone(row: Mapping[str, Any]) -> float:

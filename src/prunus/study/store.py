@@ -72,6 +72,8 @@ RUN_SCHEMA = pa.schema([
     ("score_table_seconds", pa.float64()),
     ("score_shared_by", pa.int64()),
     ("peak_memory_mb", pa.float64()),
+    ("metric", pa.string()),  # what ``accuracy`` holds: accuracy, or ndcg@10 for retrieval
+    ("metrics", pa.string()),  # JSON of a retrieval run's other metrics and statistics
 ])
 TIMING_COLUMNS = tuple(
     name for name in RUN_SCHEMA.names if name.endswith("_seconds") or name == "peak_memory_mb"
