@@ -71,7 +71,13 @@ def test_one_class_file_is_rejected(tmp_path, capsys):
 def test_console_script_exit_status():
     proc = subprocess.run(
         [sys.executable, "-m", "prunus.cli", "train", "--dataset", "nope"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     assert proc.returncode == 2
     assert "dataset must be one of" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_package_exports_match_its_lazy_names():
+    import prunus
+
+    assert set(prunus.__all__) == prunus._SUBMODULES | set(prunus._SHORTCUTS) | {"__version__"}

@@ -1,4 +1,6 @@
+import functools
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -35,12 +37,15 @@ class Recorder(Callback):
     def __init__(self):
         self.events = []
 
+    def record(self, event, state):
+        self.events.append(event)
+
 
 for _event in (
     "fit_start", "epoch_start", "batch_start", "after_forward", "after_loss", "after_backward",
     "after_step", "batch_end", "epoch_end", "evaluation", "fit_end",
 ):
-    setattr(Recorder, f"on_{_event}", (lambda e: lambda self, state: self.events.append(e))(_event))
+    setattr(Recorder, f"on_{_event}", functools.partialmethod(Recorder.record, _event))
 
 
 def test_callback_order(blobs):
@@ -56,7 +61,7 @@ def test_epoch_ids_and_weights_from_a_callback_are_used(blobs):
     chosen = blobs.ids[::4][:50]
 
     class KeepQuarter(Callback):
-        seen: list = []
+        seen: ClassVar[list] = []
 
         def on_epoch_start(self, state):
             state.epoch_ids = chosen

@@ -32,4 +32,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'prunus' has no attribute {name!r}")
 
 
-__all__ = sorted(_SUBMODULES | set(_SHORTCUTS) | {"__version__"})
+__all__ = [
+    "Callback", "Dataset", "PrunusError", "Trainer", "__version__", "build_model", "config",
+    "data", "datasets", "load", "models", "negatives", "study", "train", "weights",
+]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -67,7 +66,7 @@ def datasets_list() -> None:
 @datasets_app.command("show")
 def datasets_show(
     name: str,
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="name=value"),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help="name=value"),
 ) -> None:
     """Load a dataset and show its sizes, classes, options and fingerprint."""
     from prunus.datasets import load
@@ -97,10 +96,10 @@ def train(
     schedule: str = typer.Option("onecycle", help="constant, cosine, step or onecycle"),
     seed: int = typer.Option(0, min=0),
     device: str = typer.Option("auto"),
-    online: Optional[str] = typer.Option(None, help="online data selection method (e.g. rs2)"),
+    online: str | None = typer.Option(None, help="online data selection method (e.g. rs2)"),
     keep: float = typer.Option(1.0, help="fraction of data kept per epoch by --online"),
     noise: float = typer.Option(0.0, help="symmetric label-noise rate"),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="dataset name=value"),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
 ) -> None:
     """Train one model and print accuracy and compute per epoch."""
@@ -112,8 +111,8 @@ def train(
 
     config = validated(
         TrainConfig,
-        dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-             schedule=schedule, seed=seed, device=device),
+        {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+         "schedule": schedule, "seed": seed, "device": device},
         "train",
     )
     data = load(dataset, noise=noise, **parse_options(option))

@@ -23,7 +23,7 @@ def add_label_noise(dataset: Dataset, rate: float, seed: int = 0) -> Dataset:
         raise PrunusError(f"noise must be a rate in [0, 1) (got {rate!r}).")
     rng = np.random.default_rng(seed)
     n = len(dataset)
-    n_flip = int(round(rate * n))
+    n_flip = round(rate * n)
     rows = np.sort(rng.choice(n, size=n_flip, replace=False))
     y = dataset.y.copy()
     # A shift in [1, C-1] moves each label to a uniformly chosen *different* class.

@@ -132,7 +132,7 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, width: int = 32) -> nn.M
     """Two Conv2d-BN-ReLU blocks with 2x2 max-pooling (skipped below 8 px), linear head."""
     if len(input_shape) != 3:
         raise PrunusError(f"cnn needs image inputs of shape (C, H, W) (got {input_shape}).")
-    channels, height, width_px = input_shape
+    channels, height, _width = input_shape
     pool = height >= 16
     layers: list[nn.Module] = [
         nn.Conv2d(channels, width, 3, padding=1),
