@@ -4,20 +4,12 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import invoke
 from typer.testing import CliRunner
 
 from prunus import cli
 
 runner = CliRunner()
-
-
-def invoke(*args):
-    """Run the CLI in-process the way the console script does (user errors exit 2)."""
-    try:
-        cli.main(list(args))
-    except SystemExit as exc:
-        return exc.code
-    return 0
 
 
 def test_help_lists_commands():

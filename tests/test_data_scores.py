@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import invoke
 from scipy.stats import spearmanr
 from torch import nn
 
@@ -445,11 +446,7 @@ def test_wrong_fingerprint_is_a_clear_error(digits):
 
 
 def run_cli(args: list[str]) -> int:
-    from prunus.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    return exit_info.value.code or 0
+    return invoke(*map(str, args)) or 0
 
 
 def test_cli_score_select_compare(tmp_path, capsys):

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import invoke
 
 from prunus.errors import MissingExtraError, PrunusError
 from prunus.negatives.filtering import (
@@ -351,16 +352,6 @@ def test_run_policy_end_to_end_is_deterministic(minilm):
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def invoke(*args):
-    from prunus import cli
-
-    try:
-        cli.main(list(args))
-    except SystemExit as exc:
-        return exc.code
-    return 0
 
 
 @pytest.mark.parametrize(

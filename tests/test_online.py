@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import invoke
 from torch import nn
 
 from prunus.data.online import (
@@ -424,16 +425,6 @@ def test_get_online_rejects_bad_input():
 
 
 # --------------------------------------------------------------------------- CLI and README
-
-
-def invoke(*args):
-    from prunus import cli
-
-    try:
-        cli.main(list(args))
-    except SystemExit as exc:
-        return exc.code
-    return 0
 
 
 @pytest.mark.parametrize("name", sorted(ONLINE_METHODS))

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import invoke
 
-from prunus import cli
 from prunus.errors import MissingExtraError, PrunusError
 from prunus.study import StudyStore, load_config, query, run_study
 from prunus.study.config import to_toml
@@ -228,13 +228,8 @@ def test_query_runs_and_scores(study, capsys):
     assert len(scores) == 1 and scores[0]["n"] == scores[0]["ids"] == 600
     with pytest.raises(PrunusError, match="the query failed"):
         query(out, "SELECT nope FROM runs")
-    code = None
-    try:
-        sql = "SELECT policy, seed FROM runs WHERE final AND NOT baseline ORDER BY 1, 2"
-        cli.main(["query", str(out), sql, "--json"])
-    except SystemExit as exc:
-        code = exc.code
-    assert code in (None, 0)
+    sql = "SELECT policy, seed FROM runs WHERE final AND NOT baseline ORDER BY 1, 2"
+    assert invoke("query", str(out), sql, "--json") in (None, 0)
     assert '"policy": "diverging, keep 50%"' in capsys.readouterr().out
 
 
@@ -260,10 +255,7 @@ def test_report_command_rebuilds(study, capsys):
     copy = root / "copy"
     shutil.copytree(root / "out", copy)
     (copy / "report.html").unlink()
-    try:
-        cli.main(["report", str(copy)])
-    except SystemExit as exc:
-        assert exc.code in (None, 0)
+    assert invoke("report", str(copy)) in (None, 0)
     assert (copy / "report.html").exists()
     assert "full data:" in capsys.readouterr().out
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import invoke
 from torch import nn
 
 import prunus.weights as W
-from prunus import cli
 from prunus.datasets import Dataset
 from prunus.errors import PrunusError
 from prunus.models import build_model
@@ -296,7 +296,7 @@ def test_every_weight_method_publishes_exact_sparsity(signals, method):
 
 def test_cli_prune_writes_safetensors_and_table(tmp_path, capsys):
     out = tmp_path / "m.safetensors"
-    code = _invoke("prune", "--dataset", "digits", "--model", "mlp", "--method", "gmp",
+    code = invoke("prune", "--dataset", "digits", "--model", "mlp", "--method", "gmp",
                    "--sparsity", "0.75", "--epochs", "1", "--out", str(out), "--json")
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
@@ -305,18 +305,10 @@ def test_cli_prune_writes_safetensors_and_table(tmp_path, capsys):
     fresh = build_model("mlp", (1, 8, 8), 10, seed=3)
     W.load(fresh, out)
     assert W.sparsity_report(fresh)[-1]["pruned"] == int(0.75 * n)
-    assert _invoke("prune", "--method", "lottery") == 2
+    assert invoke("prune", "--method", "lottery") == 2
     assert "weight method must be one of" in capsys.readouterr().err
-    assert _invoke("prune", "--method", "rigl", "-s", "evry=3") == 2
+    assert invoke("prune", "--method", "rigl", "-s", "evry=3") == 2
     assert "evry" in capsys.readouterr().err
-
-
-def _invoke(*args):
-    try:
-        cli.main(list(args))
-    except SystemExit as exc:
-        return exc.code
-    return 0
 
 
 # -- torch.compile -------------------------------------------------------------------------------
