@@ -298,3 +298,9 @@ def test_summary_against_hand_computation():
     # frontier over arm means: random (cheapest) and full (most accurate); EL2N is beaten by
     # neither on both counts, so it is on it too
     assert {a.policy for a in arms.values() if a.on_frontier} == set(arms)
+
+
+def test_percentage_points_never_show_a_negative_zero():
+    from prunus.study.report import pp
+
+    assert pp(-0.0004) == "+0.0pp" and pp(-0.0006) == "\u22120.1pp" and pp(0.012) == "+1.2pp"

@@ -117,7 +117,10 @@ def pct(value: float) -> str:
 def pp(value: float) -> str:
     if value is None or math.isnan(value):
         return "n/a"
-    return f"{100 * value:+.1f}pp".replace("-", MINUS)
+    shown = f"{100 * value:+.1f}"
+    if shown == "-0.0":
+        shown = "+0.0"  # a tiny negative mean rounds to zero: no sign to show
+    return f"{shown}pp".replace("-", MINUS)
 
 
 def interval(e: Estimate, pct_bounds: bool = False) -> str:
@@ -151,7 +154,8 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
     parts.append(
         f"<p class=meta>{len(finals)} runs ({len(failed)} failed) · seeds "
         f"{e(', '.join(map(str, config.seeds)))} · {e(', '.join(settings))} · "
-        f"{config.train.epochs} epochs · built {stamp} · "
+        + (f"{config.train.epochs} epochs · " if config.datasets else "")
+        + f"built {stamp} · "
         + " · ".join(f"{e(k)} {e(str(v))}" for k, v in versions.items()) + "</p>"
     )
     parts.append("<h2>Verdicts</h2>")
