@@ -100,5 +100,7 @@ def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, **options) -> Da
 
 def _import_bundled() -> None:
     # Registration happens on import of the bundled module; done lazily to keep imports light.
-    from prunus.datasets import bundled  # noqa: F401
-    from prunus.datasets import pycode  # noqa: F401
+    from prunus.datasets import (
+        bundled,  # noqa: F401
+        pycode,  # noqa: F401
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,9 +25,9 @@ def prune_command(
     schedule: str = typer.Option("onecycle", help="constant, cosine, step or onecycle"),
     seed: int = typer.Option(0, min=0),
     device: str = typer.Option("auto"),
-    out: Optional[Path] = typer.Option(None, help="write weights + masks here (.safetensors)"),
-    setting: Optional[list[str]] = typer.Option(None, "--setting", "-s", help="method setting name=value, e.g. -s every=50"),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="dataset name=value"),
+    out: Path | None = typer.Option(None, help="write weights + masks here (.safetensors)"),
+    setting: list[str] | None = typer.Option(None, "--setting", "-s", help="method setting name=value, e.g. -s every=50"),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
 ) -> None:
     """Train with a weight-sparsity policy; print accuracy, per-layer sparsity and FLOPs."""
