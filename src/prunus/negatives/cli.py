@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from prunus.errors import PrunusError
+from prunus.negatives.policy import fill_rows, take_rows
 
 negatives_app = typer.Typer(
     help="Hard negatives for embedding training: mine them, evaluate retrieval.",
@@ -162,9 +163,7 @@ def _mining_inputs(dataset, corpus_file, split, n_queries, corpus_size, seed, op
         table = pq.read_table(path).to_pydict()
         if "query" not in table or "positive" not in table:
             raise PrunusError(f"--dataset file must have 'query' and 'positive' columns (has {sorted(table)}).")
-        rows = np.arange(len(table["query"]))
-        if n_queries is not None and n_queries < len(rows):
-            rows = np.sort(np.random.default_rng(seed).choice(rows, n_queries, replace=False))
+        rows = take_rows(len(table["query"]), n_queries, np.random.default_rng(seed))
         docs = list(table["positive"])
         if corpus_file is not None:
             extra = pq.read_table(corpus_file).to_pydict()
@@ -175,16 +174,9 @@ def _mining_inputs(dataset, corpus_file, split, n_queries, corpus_size, seed, op
     data = _load_retrieval(dataset, options)
     part = data.split(split)
     rng = np.random.default_rng(seed)
-    rows = np.arange(len(part))
-    if n_queries is not None and n_queries < len(rows):
-        rows = np.sort(rng.choice(rows, n_queries, replace=False))
-    part = part.take(rows)
+    part = part.take(take_rows(len(part), n_queries, rng))
     positives = data.rows(part.positive_ids)
-    pool = np.union1d(positives, data.corpus_rows(split))
-    if corpus_size is not None and corpus_size < len(pool):
-        others = np.setdiff1d(pool, positives)
-        room = max(0, corpus_size - len(np.unique(positives)))
-        pool = np.union1d(positives, rng.choice(others, min(room, len(others)), replace=False))
+    pool = fill_rows(positives, data.corpus_rows(split), corpus_size, rng)
     local = {int(r): i for i, r in enumerate(pool)}
     docs = [data.corpus[r] for r in pool]
     return part.queries, docs, [local[int(r)] for r in positives], data.duplicate_group[pool]
@@ -197,14 +189,10 @@ def _evaluate_model(dataset, split, model_name, n_queries, corpus_size, seed, ma
     data = _load_retrieval(dataset, options)
     part = data.split(split)
     rng = np.random.default_rng(seed)
-    rows = np.arange(len(part))
-    if n_queries is not None and n_queries < len(rows):
-        rows = np.sort(rng.choice(rows, n_queries, replace=False))
+    rows = take_rows(len(part), n_queries, rng)
     corpus_rows = None
     if corpus_size is not None and corpus_size < len(data):
         relevant = data.rows(np.concatenate(data.relevant_ids(part.positive_ids[rows])))
-        others = np.setdiff1d(np.arange(len(data)), relevant)
-        room = max(0, corpus_size - len(np.unique(relevant)))
-        corpus_rows = np.union1d(relevant, rng.choice(others, min(room, len(others)), replace=False))
+        corpus_rows = fill_rows(relevant, np.arange(len(data)), corpus_size, rng)
     model = load_model(model_name, max_seq_length=max_seq_length)
     return evaluate(model, data, split, query_rows=rows, corpus_rows=corpus_rows)

@@ -253,26 +253,34 @@ def _sample(cfg: PolicyConfig, dataset) -> dict[str, np.ndarray]:
     def rng(tag: int) -> np.random.Generator:
         return np.random.default_rng([cfg.data_seed, tag])
 
-    def take(n_all: int, n: int | None, tag: int) -> np.ndarray:
-        if n is None or n >= n_all:
-            return np.arange(n_all)
-        return np.sort(rng(tag).choice(n_all, size=n, replace=False))
-
-    def fill(required: np.ndarray, candidates: np.ndarray, size: int | None, tag: int) -> np.ndarray:
-        required = np.unique(required)
-        others = np.setdiff1d(candidates, required)
-        room = len(others) if size is None else max(0, min(len(others), size - len(required)))
-        extra = rng(tag).choice(others, size=room, replace=False) if room else others[:0]
-        return np.sort(np.concatenate([required, extra]))
-
-    train = take(len(dataset.train), cfg.train_pairs, 1)
+    train = take_rows(len(dataset.train), cfg.train_pairs, rng(1))
     positives = dataset.rows(dataset.train.positive_ids[train])
-    pool = fill(positives, dataset.corpus_rows("train"), cfg.mining_corpus, 2)
+    pool = fill_rows(positives, dataset.corpus_rows("train"), cfg.mining_corpus, rng(2))
     split = dataset.split(cfg.eval_split)
-    eval_queries = take(len(split), cfg.eval_queries, 3)
+    eval_queries = take_rows(len(split), cfg.eval_queries, rng(3))
     relevant = np.concatenate(dataset.relevant_ids(split.positive_ids[eval_queries]))
-    eval_corpus = fill(dataset.rows(relevant), dataset.corpus_rows(None), cfg.eval_corpus, 4)
+    eval_corpus = fill_rows(dataset.rows(relevant), dataset.corpus_rows(None), cfg.eval_corpus,
+                            rng(4))
     _SAMPLES[key] = {
         "train": train, "pool": pool, "eval_queries": eval_queries, "eval_corpus": eval_corpus,
     }
     return _SAMPLES[key]
+
+
+def take_rows(n_all: int, n: int | None, rng: np.random.Generator) -> np.ndarray:
+    """``n`` of ``range(n_all)`` drawn without replacement, sorted (all of them if ``n`` is None
+    or not smaller)."""
+    if n is None or n >= n_all:
+        return np.arange(n_all)
+    return np.sort(rng.choice(n_all, size=n, replace=False))
+
+
+def fill_rows(required: np.ndarray, candidates: np.ndarray, size: int | None,
+              rng: np.random.Generator) -> np.ndarray:
+    """Every ``required`` row plus random ``candidates`` up to ``size`` rows in all, sorted
+    (every candidate if ``size`` is None)."""
+    required = np.unique(required)
+    others = np.setdiff1d(candidates, required)
+    room = len(others) if size is None else max(0, min(len(others), size - len(required)))
+    extra = rng.choice(others, size=room, replace=False) if room else others[:0]
+    return np.sort(np.concatenate([required, extra]))

@@ -127,6 +127,8 @@ def execute_negatives_run(spec: RunSpec, report: Reporter) -> list[dict[str, Any
         result = plugins.run_negatives(spec.train, spec.seed)
     except Exception as exc:  # noqa: BLE001 - a broken run is a result
         status, error = "failed", failure_reason(exc)
+    pairs = int(result.get("train_pairs", 0))
+    trained = pairs * int(spec.train["epochs"])
     entry = {
         "epoch": 1 if status == "ok" else 0, "step": int(result.get("steps", 0)),
         "end_of_epoch": True, "accuracy": result.get(RETRIEVAL_METRIC, float("nan")),
@@ -134,11 +136,10 @@ def execute_negatives_run(spec: RunSpec, report: Reporter) -> list[dict[str, Any
         "train_seconds": result.get("train_seconds", 0.0),
         "eval_seconds": result.get("eval_seconds", 0.0),
         "selection_seconds": result.get("mine_seconds", 0.0),
-        "examples_forwarded": int(result.get("train_pairs", 0)) * int(spec.train["epochs"]),
-        "examples_backpropagated": int(result.get("train_pairs", 0)) * int(spec.train["epochs"])
-        if spec.data.method != "pretrained" else 0,
+        "examples_forwarded": trained,
+        "examples_backpropagated": trained if spec.data.method != "pretrained" else 0,
     }
-    row = make_row(spec, entry, status, error, int(result.get("train_pairs", 0)), 0.0, (0.0, 0.0))
+    row = make_row(spec, entry, status, error, pairs, 0.0, (0.0, 0.0))
     row.update(final=True, metric=RETRIEVAL_METRIC,
                metrics=json.dumps({k: v for k, v in result.items()
                                    if isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -17,6 +17,7 @@ make them trustworthy.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -308,8 +309,6 @@ def target_result(label: str, value: float, runs: Mapping[int, Mapping[str, Any]
 
 def extra_metrics(finals: Sequence[Mapping[str, Any]]) -> dict[str, Estimate]:
     """Mean and interval of every number in the finished runs' ``metrics`` JSON (retrieval)."""
-    import json
-
     values: dict[str, list[float]] = defaultdict(list)
     for row in finals:
         for name, value in json.loads(row.get("metrics") or "{}").items():
