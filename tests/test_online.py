@@ -108,39 +108,49 @@ def fit(callbacks, data=None, **settings):
 # --------------------------------------------------------------------------- RS2
 
 
-@pytest.mark.parametrize("n, keep", [(100, 0.3), (1000, 0.25), (37, 0.5), (101, 0.1), (10, 1.0)])
-def test_rs2_sees_every_id_exactly_once_per_ceil_inverse_keep_epochs(n, keep):
-    # Rule: chunks of ⌈keep·N⌉ from a fresh permutation per cycle; the cycle's last chunk is
-    # the remainder (not topped up); for these sizes the cycle is ⌈1/keep⌉ epochs.
-    cycle = math.ceil(1 / keep)
-    chunk = math.ceil(round(keep * n, 9))
+@pytest.mark.parametrize("n, keep", [(100, 0.3), (1000, 0.25), (37, 0.5), (101, 0.1), (10, 1.0),
+                                     (7, 0.3), (1000, 0.7)])
+def test_rs2_takes_exactly_the_budget_every_epoch_without_repeats(n, keep):
+    # Rule: ⌊keep·N⌋ examples every epoch, from a stream of permutations; a permutation that
+    # runs out mid-epoch is topped up from the next one, skipping examples already in the epoch.
+    size = max(1, int(round(keep * n, 9)))
     sampler = RS2Sampler(n, keep, seed=3)
-    assert sampler.cycle == cycle
-    cycles = []
-    for c in range(3):
-        epochs = [rs2_epoch_indices(n, keep, c * cycle + e, seed=3) for e in range(cycle)]
-        assert [len(e) for e in epochs[:-1]] == [chunk] * (cycle - 1)
-        assert len(epochs[-1]) == n - (cycle - 1) * chunk
-        seen = np.concatenate(epochs)
-        assert np.array_equal(np.sort(seen), np.arange(n))  # exactly once per cycle
-        cycles.append(seen)
+    epochs = [sampler.indices(e) for e in range(12)]
+    assert all(len(e) == size for e in epochs)
+    assert all(len(np.unique(e)) == size for e in epochs)  # no example twice in one epoch
+    counts = np.bincount(np.concatenate(epochs), minlength=n)
+    passes = 12 * size / n
+    assert counts.min() >= math.floor(passes) - 1 and counts.max() <= math.ceil(passes) + 1
+    if size * math.floor(1 / keep) == n:  # epochs tile the data: each pass is a permutation
+        per_pass = n // size
+        for p in range(12 // per_pass):
+            seen = np.concatenate(epochs[p * per_pass:(p + 1) * per_pass])
+            assert np.array_equal(np.sort(seen), np.arange(n))
     if keep < 1:
-        assert not np.array_equal(cycles[0], cycles[1])  # a fresh draw every cycle
+        assert not np.array_equal(epochs[0], sampler.indices(math.ceil(1 / keep)))
+    assert np.array_equal(rs2_epoch_indices(n, keep, 5, seed=3), epochs[5])
 
 
-def test_rs2_remainder_rule_on_tiny_data_and_sampler_with_dataloader():
-    # N = 7, keep = 0.3: chunks of 3 -> epochs of 3, 3, 1: a cycle of 3 epochs (< ⌈1/0.3⌉ = 4)
+def test_rs2_budget_over_epochs_is_keep_times_epochs():
+    # keep 0.3 for 4 epochs backpropagates 1.2·N examples, not 1.0·N (no short last epoch)
+    sampler = RS2Sampler(4000, 0.3, seed=0)
+    assert sum(len(sampler.indices(e)) for e in range(4)) == 1.2 * 4000
+    assert sampler.total_steps(epochs=4, batch_size=128) == 4 * math.ceil(1200 / 128)
+
+
+def test_rs2_tiny_data_and_sampler_with_dataloader():
+    # N = 7, keep = 0.3: ⌊2.1⌋ = 2 examples per epoch, every epoch
     sampler = RS2Sampler(7, 0.3, seed=0)
-    assert [sampler.epoch_size(e) for e in range(4)] == [3, 3, 1, 3]
-    assert sampler.total_steps(epochs=4, batch_size=2) == 2 + 2 + 1 + 2
+    assert [sampler.epoch_size(e) for e in range(4)] == [2, 2, 2, 2]
+    assert sampler.total_steps(epochs=4, batch_size=2) == 4
     data = torch.utils.data.TensorDataset(torch.arange(7))
     loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=sampler)
     seen = []
-    for epoch in range(3):
+    for epoch in range(7):
         sampler.set_epoch(epoch)
         assert len(loader) == sampler.steps_per_epoch(2)
         seen += [int(v) for (batch,) in loader for v in batch]
-    assert sorted(seen) == list(range(7))
+    assert sorted(seen) == sorted(list(range(7)) * 2)  # 14 = two full passes over 7
 
 
 def test_rs2_in_trainer_covers_data_and_shortens_schedule():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
 
+from prunus.counts import fraction_count
 from prunus.data.online._common import check_fraction, check_positive_int, check_seed
 from prunus.train.events import Callback
 
@@ -19,11 +21,13 @@ def rs2_epoch_indices(num_examples: int, keep: float, epoch: int, seed: int = 0)
     Learning*: each epoch trains on a new random ``keep``·N subset, drawn without replacement
     across epochs, so the whole dataset is covered before any example repeats.
 
-    Rule (remainder included): cycle ``c`` is a fresh permutation of 0 … N−1 (seeded by
-    ``(seed, c)``) cut into consecutive chunks of n = ⌈keep·N⌉; a cycle lasts k = ⌈N / n⌉ epochs
-    and its last chunk holds the N − (k−1)·n examples left over (it is not topped up), so every
-    index is visited exactly once per cycle. k equals ⌈1/keep⌉ except on tiny datasets, where it
-    can be shorter (e.g. N = 7, keep = 0.3: n = 3, k = 3).
+    Rule: every epoch takes exactly n = max(1, ⌊keep·N⌋) examples (prunus's one rounding rule,
+    :func:`prunus.counts.fraction_count`), so ``keep`` × E epochs backpropagate keep·E·N
+    examples. The examples come from a stream of permutations of 0 … N−1 (permutation ``c``
+    seeded by ``(seed, c)``), taken in order. When a permutation runs out mid-epoch, the epoch
+    is topped up from the next permutation, skipping the examples already in this epoch (they
+    stay in that permutation's queue for the following epochs), so no example appears twice in
+    one epoch and every example is visited once per permutation.
 
     Args:
         num_examples: N, the size of the training set.
@@ -34,11 +38,44 @@ def rs2_epoch_indices(num_examples: int, keep: float, epoch: int, seed: int = 0)
     Raises:
         PrunusError: ``keep`` outside (0, 1], ``num_examples`` < 1 or a negative seed.
     """
-    n, cycle = _chunk_and_cycle(num_examples, keep)
-    seed = check_seed(seed)
-    c, position = divmod(int(epoch), cycle)
-    order = np.random.default_rng([seed, c]).permutation(num_examples)
-    return order[position * n : (position + 1) * n]
+    return _stream(num_examples, keep, check_seed(seed)).epoch(int(epoch))
+
+
+@functools.lru_cache(maxsize=16)
+def _stream(num_examples: int, keep: float, seed: int) -> _PermutationStream:
+    return _PermutationStream(num_examples, epoch_size(num_examples, keep), seed)
+
+
+class _PermutationStream:
+    """The permutation stream of :func:`rs2_epoch_indices`, replayed from epoch 0 once and
+    remembered, so asking for epoch e costs O(N) per new epoch."""
+
+    def __init__(self, num_examples: int, n: int, seed: int) -> None:
+        self.num_examples, self.n, self.seed = num_examples, n, seed
+        self.epochs: list[np.ndarray] = []
+        self.permutation = 0
+        self.queue = np.random.default_rng([seed, 0]).permutation(num_examples)
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        while len(self.epochs) <= epoch:
+            self.epochs.append(self._next())
+        return self.epochs[epoch]
+
+    def _next(self) -> np.ndarray:
+        taken = self.queue[: self.n]
+        self.queue = self.queue[self.n :]
+        missing = self.n - len(taken)
+        if missing == 0:
+            return taken
+        self.permutation += 1
+        fresh = np.random.default_rng([self.seed, self.permutation]).permutation(self.num_examples)
+        clash = np.isin(fresh, taken)
+        top_up = fresh[~clash][:missing]
+        # what this epoch skipped or did not reach waits, in order, for the next epochs
+        used = np.zeros(self.num_examples, dtype=bool)
+        used[top_up] = True
+        self.queue = fresh[~used[fresh]]
+        return np.concatenate([taken, top_up])
 
 
 class RS2Sampler(Sampler[int]):
@@ -58,7 +95,7 @@ class RS2Sampler(Sampler[int]):
         self.num_examples = check_positive_int(num_examples, "num_examples")
         self.keep = check_fraction(keep, "keep")
         self.seed = check_seed(seed)
-        self.chunk, self.cycle = _chunk_and_cycle(self.num_examples, self.keep)
+        self.chunk = epoch_size(self.num_examples, self.keep)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -75,10 +112,9 @@ class RS2Sampler(Sampler[int]):
         """The indices of ``epoch`` in visiting order."""
         return rs2_epoch_indices(self.num_examples, self.keep, epoch, self.seed)
 
-    def epoch_size(self, epoch: int) -> int:
-        """Number of examples in ``epoch`` (n, or the remainder in a cycle's last epoch)."""
-        position = int(epoch) % self.cycle
-        return min(self.chunk, self.num_examples - position * self.chunk)
+    def epoch_size(self, epoch: int | None = None) -> int:
+        """Number of examples in an epoch: n = max(1, ⌊keep·N⌋), the same in every epoch."""
+        return self.chunk
 
     def steps_per_epoch(self, batch_size: int, epoch: int | None = None) -> int:
         """Mini-batches in ``epoch`` (default: the current one), the last one possibly partial."""
@@ -119,10 +155,7 @@ class RS2(Callback):
             state.epoch_ids = state.train.ids[self.sampler.indices(state.epoch)]
 
 
-def _chunk_and_cycle(num_examples: int, keep: float) -> tuple[int, int]:
-    """(n, k): examples per epoch and epochs per cycle."""
+def epoch_size(num_examples: int, keep: float) -> int:
+    """n = max(1, ⌊keep·N⌋): the examples RS2 trains on in every epoch."""
     num_examples = check_positive_int(num_examples, "num_examples")
-    keep = check_fraction(keep, "keep")
-    # round first so that e.g. 0.3 * 1000 = 300.00000000000006 gives 300, not 301
-    chunk = max(1, math.ceil(round(keep * num_examples, 9)))
-    return chunk, math.ceil(num_examples / chunk)
+    return max(1, fraction_count(check_fraction(keep, "keep"), num_examples))
