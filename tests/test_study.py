@@ -142,7 +142,7 @@ def test_grid_adds_baselines_pairs_seeds_and_shares_scores():
                   {"online": "rs2"},  # the same as the automatic RS2 baseline
                   {"weights": "magnitude"}],
     ))
-    runs, jobs = expand_grid(config, {"digits": "fp"})
+    runs, jobs = expand_grid(config, {"digits": "fp"}, {"digits": 1437})
     labels = Counter(r.policy for r in runs)
     expected = {
         "full data", "random, keep 30%", "random, keep 50%", "RS2, keep 30%", "RS2, keep 50%",
@@ -163,16 +163,16 @@ def test_grid_adds_baselines_pairs_seeds_and_shares_scores():
     assert len(users) == 6 and all(r.score_shared_by == 6 for r in users)
     assert [r.index for r in runs] == list(range(len(runs)))
     assert [r.seed for r in runs] == sorted(r.seed for r in runs)  # seed by seed
-    again, _ = expand_grid(config, {"digits": "fp"})
+    again, _ = expand_grid(config, {"digits": "fp"}, {"digits": 1437})
     assert [r.run_id for r in again] == [r.run_id for r in runs]
-    _, other_jobs = expand_grid(config, {"digits": "another"})
+    _, other_jobs = expand_grid(config, {"digits": "another"}, {"digits": 1437})
     assert other_jobs[0].key != jobs[0].key
 
 
 def test_cross_adds_joint_arms():
     config = parse_config(base(seeds=[0], keep=[0.5], sparsity=[0.5], cross=True,
                                policies=[{"weights": "magnitude"}]))
-    runs, _ = expand_grid(config, {"digits": "fp"})
+    runs, _ = expand_grid(config, {"digits": "fp"}, {"digits": 1437})
     names = {r.policy for r in runs}
     assert "random, keep 50% + random pruning, sparsity 50%" in names
     assert "RS2, keep 50% + magnitude, sparsity 50%" in names

@@ -39,6 +39,16 @@ class TrainConfig(StrictModel):
     eval_every: int | None = Field(
         None, ge=1, description="evaluate every this many steps as well as after each epoch"
     )
+    eval_every_examples: int | None = Field(
+        None, ge=1,
+        description="evaluate each time this many more examples have been backpropagated, "
+        "and at the end, instead of after each epoch (one compute cadence for every arm)",
+    )
+    examples: int | None = Field(
+        None, ge=1,
+        description="train for exactly this many examples backpropagated instead of `epochs` "
+        "passes: ⌈examples / N⌉ epochs, the last one cut short, the LR schedule sized to it",
+    )
 
 
 def validated(model_cls: type[BaseModel], values: dict, where: str = "") -> BaseModel:

@@ -16,6 +16,7 @@ def register(app: typer.Typer) -> None:
     """Add the study commands to the ``prunus`` app."""
     app.command("study")(study)
     app.command("report")(report)
+    app.command("recommend")(recommend)
     app.command("query")(query)
     app.command("demo")(demo)
 
@@ -50,8 +51,37 @@ def report(
     if not store.exists():
         raise PrunusError(f"{str(study_dir)!r} is not a study directory (no config.toml).")
     built = write_report(store, out)
-    print_verdicts(console, built.verdicts)
+    print_verdicts(console, built.answers, built.verdicts)
     console.print(f"report: {built.path}", highlight=False, soft_wrap=True)
+
+
+def recommend(
+    study_dir: Annotated[Path, typer.Argument(help="study directory")],
+    target: Annotated[str | None, typer.Option(
+        help="margin below full data, as 'full-<N>pp' (default: the study's first such target, "
+             "else full-1pp)")] = None,
+) -> None:
+    """Print the cheapest arm not worse than full data by more than the margin (a
+    non-inferiority test with Holm's correction, ≥ 5 paired seeds), and the runner-up."""
+    from prunus.cli import console
+    from prunus.errors import PrunusError
+    from prunus.study import StudyStore
+    from prunus.study.config import TARGET_PATTERN
+    from prunus.study.report import answer, load_rows, study_margin
+    from prunus.study.stats import recommend as choose
+    from prunus.study.stats import summarize
+
+    if target is not None and not TARGET_PATTERN.match(target):
+        raise PrunusError(f"--target must look like 'full-1pp' or 'full-0.5pp' (got {target!r}).")
+    store = StudyStore(study_dir)
+    if not store.exists():
+        raise PrunusError(f"{str(study_dir)!r} is not a study directory (no config.toml).")
+    config = store.read_config()
+    margin = study_margin([target] if target else config.targets)
+    summaries = summarize(load_rows(store), config.targets)
+    for setting in dict.fromkeys(s.setting for s in summaries):
+        console.print(answer(choose(summaries, setting, margin)), highlight=False,
+                      soft_wrap=True)
 
 
 def query(
@@ -111,7 +141,7 @@ def run_and_print(cfg, out: Path, resume: bool, executor: str | None, workers: i
 
     result = run_study(cfg, out, resume=resume, executor=executor, workers=workers,
                        progress=not quiet, console=err_console)
-    print_verdicts(console, result.verdicts)
+    print_verdicts(console, result.answers, result.verdicts)
     note = f"{result.ran} of {result.runs} runs ran now"
     if result.failed:
         note += f", {result.failed} failed (see the report)"
@@ -119,9 +149,11 @@ def run_and_print(cfg, out: Path, resume: bool, executor: str | None, workers: i
     console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
-def print_verdicts(console, verdicts: list[str]) -> None:
+def print_verdicts(console, answers: list[str], verdicts: list[str]) -> None:
     from rich.markup import escape
 
+    for line in answers:
+        console.print(f"[bold]{escape(line)}[/]", highlight=False, soft_wrap=True)
     for line in verdicts:
         console.print(f"• {escape(line)}", highlight=False, soft_wrap=True)
 

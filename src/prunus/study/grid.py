@@ -1,19 +1,33 @@
 """Study grid: datasets × models × data arms × weight arms × seeds, baselines included.
 
 A *data arm* decides which examples a run trains on (full data, a random subset, a static
-selection from a score table, or an online method); a *weight arm* decides which weights
-survive (dense, random pruning, or a sparsity method). Baselines are added here, always:
-full data; a random subset at every keep fraction; RS2 at every keep fraction (when the online
-family offers it); random pruning at every sparsity (when the weights family offers it).
-Every arm runs with every seed, and the seed fixes the initialisation and data order, so runs
-are paired by seed.
+selection from a score table, an online method, or full data on a shortened schedule); a
+*weight arm* decides which weights survive (dense, random pruning, or a sparsity method).
+Baselines are added here, always, and each arm names the two it is judged against:
+
+- **same compute** (``compute_baseline``): full data trained for the same number of examples
+  backpropagated, its LR schedule shortened to those steps ("just train less"). For a static
+  selection, a random subset or RS2 at keep k that is ⌊k·N⌋·epochs, known in advance (one
+  arm per keep serves them all). For any other online method the count is only known once the
+  arm has run, so the baseline is a *matched* run that waits for the arm's run of the same seed
+  and trains for exactly its measured count.
+- **random** (``random_baseline``): a random subset at the same keep (static arms); for online
+  methods other than RS2, a random subset trained for the arm's measured backprop count (a
+  matched run too); random pruning with ERK layer densities on the method's own pruning
+  schedule (weight arms). Uniform random pruning at initialisation stays as the weakest
+  variant, for reference.
+
+Every run evaluates at one compute cadence: each time ``eval_every_examples`` more examples
+have been backpropagated (1/20 of the full-data run's examples), so time to target compares
+arms checked equally often per unit of compute.
 
 A retrieval study (negatives policies) has one setting per (retrieval dataset, embedding model)
 named in its ``[negatives]`` settings, and its own baselines: in-batch negatives (the reference,
 in the role of full data), random negatives (the random baseline) and the pre-trained model.
 
 Static scores are computed once per (dataset fingerprint, proxy model, method, proxy settings)
-— a :class:`ScoreJob` — and every run that uses the table is charged an equal share of its cost.
+— a :class:`ScoreJob` — and every run that uses the table is charged its whole cost (what a user
+running that arm once pays); the amortised share is reported beside it.
 """
 
 from __future__ import annotations
@@ -21,26 +35,30 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from prunus.counts import fraction_count
 from prunus.study import plugins
 from prunus.study.config import PolicyConfig, StudyConfig, display_name
 
 FULL, RANDOM, STATIC, ONLINE, NEGATIVES = "full", "random", "static", "online", "negatives"
+SHORT = "short"  # full data on a schedule shortened to another arm's compute
 CLASSIFICATION, RETRIEVAL = "classification", "retrieval"
 DENSE, WEIGHTS = "dense", "weights"
 FULL_LABEL, RANDOM_LABEL = "full data", "random"
 DENSE_LABEL, RANDOM_PRUNING_LABEL = "dense", "random pruning"
+EVALUATIONS_PER_FULL_RUN = 20  # the compute cadence: every 1/20 of the full-data run
 
 
 @dataclass(frozen=True)
 class DataArm:
     """Which examples a run trains on."""
 
-    kind: str  # full | random | static | online | negatives
+    kind: str  # full | random | static | online | negatives | short
     label: str
     keep: float = 1.0
+    matches: str | None = None  # the policy whose measured backprop count this arm trains for
     method: str | None = None  # score method (static), online method or negatives policy
     select: str | None = None
     stratify: bool = True
@@ -97,6 +115,10 @@ class RunSpec:
     score_key: str | None = None
     score_shared_by: int = 0
     task: str = CLASSIFICATION  # retrieval: ``train`` holds the negatives run's settings
+    compute_baseline: str | None = None  # policy label of the same-compute full-data arm
+    random_baseline: str | None = None  # policy label of the random arm it is judged against
+    matches: str | None = None  # run_id (same seed) whose measured backprop count it trains for
+    dataset_size: int = 0
 
     @property
     def policy(self) -> str:
@@ -110,21 +132,26 @@ class RunSpec:
         )
 
 
-def expand_grid(config: StudyConfig, fingerprints: dict[str, str]) -> tuple[list[RunSpec], list[ScoreJob]]:
+def expand_grid(config: StudyConfig, fingerprints: dict[str, str],
+                sizes: dict[str, int] | None = None) -> tuple[list[RunSpec], list[ScoreJob]]:
     """All runs of a study in execution order (seed by seed) and the score tables they need.
 
     Args:
         config: the validated study.
         fingerprints: dataset display name -> :attr:`Dataset.fingerprint` (score tables are
             keyed by it).
+        sizes: dataset display name -> training examples N (for compute budgets and the
+            evaluation cadence; a dataset missing here gets neither).
     """
-    planned: list[tuple[str, dict, dict, Arm, int, ScoreJob | None]] = []
+    sizes = sizes or {}
+    planned: list[tuple[str, dict, dict, Arm, int, ScoreJob | None, int]] = []
     jobs: dict[str, ScoreJob] = {}
     arms = study_arms(config)
     for dataset in config.datasets:
         for model in config.models:
             setting = f"{dataset.display} / {model.display}"
             dataset_spec, model_spec = dataset.model_dump(), model.model_dump()
+            size = sizes.get(dataset.display, 0)
             for seed in config.seeds:
                 for arm in arms:
                     job = None
@@ -132,19 +159,20 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str]) -> tuple[list
                         job = score_job(config, arm.policy, dataset_spec,
                                         fingerprints[dataset.display], model_spec)
                         job = jobs.setdefault(job.key, job)
-                    planned.append((setting, dataset_spec, model_spec, arm, seed, job))
+                    planned.append((setting, dataset_spec, model_spec, arm, seed, job, size))
     if config.has_negatives:
         arms_by_setting = negatives_arms(config)
         for seed in config.seeds:
             for setting, (dataset_spec, model_spec, setting_arms) in arms_by_setting.items():
-                planned += [(setting, dataset_spec, model_spec, arm, seed, None)
+                planned += [(setting, dataset_spec, model_spec, arm, seed, None, 0)
                             for arm in setting_arms]
     shared: dict[str, int] = {}
-    for *_, job in planned:
+    for *_, job, _ in planned:
         if job is not None:
             shared[job.key] = shared.get(job.key, 0) + 1
-    runs = []
-    for index, (setting, dataset_spec, model_spec, arm, seed, job) in enumerate(planned):
+    runs: list[RunSpec] = []
+    run_of: dict[tuple[str, str, int], str] = {}  # (setting, policy, seed) -> run_id
+    for index, (setting, dataset_spec, model_spec, arm, seed, job, size) in enumerate(planned):
         if arm.task == RETRIEVAL:
             train = json.loads(arm.train)
             identity = {"task": RETRIEVAL, "data": asdict(arm.data), "seed": seed,
@@ -153,16 +181,26 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str]) -> tuple[list
                 run_id=digest(identity, 12), index=index, setting=setting,
                 dataset=dataset_spec, model=model_spec, data=arm.data,
                 weights=WeightArm(DENSE, DENSE_LABEL, baseline=True), seed=seed, train=train,
-                task=RETRIEVAL,
+                task=RETRIEVAL, random_baseline=arm.random,
             ))
             continue
         train = {**config.train.model_dump(exclude={"seed"}), **json.loads(arm.train)}
+        if size and train.get("eval_every_examples") is None and train.get("eval_every") is None:
+            train["eval_every_examples"] = math.ceil(
+                size * config.train.epochs / EVALUATIONS_PER_FULL_RUN)
+        if arm.data.kind == SHORT and arm.data.matches is None:
+            if not size:
+                raise ValueError(f"the size of dataset {dataset_spec['name']!r} is needed")
+            train["examples"] = max(1, fraction_count(arm.data.keep, size)) * train["epochs"]
+        matches = None
+        if arm.data.matches is not None:
+            matches = run_of[(setting, arm.data.matches, seed)]
         identity = {
             "dataset": dataset_spec, "model": model_spec, "data": asdict(arm.data),
             "weights": asdict(arm.weights), "seed": seed, "train": train,
-            "score": None if job is None else job.key,
+            "score": None if job is None else job.key, "matches": matches,
         }
-        runs.append(RunSpec(
+        spec = RunSpec(
             run_id=digest(identity, 12),
             index=index,
             setting=setting,
@@ -174,15 +212,38 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str]) -> tuple[list
             train=train,
             score_key=None if job is None else job.key,
             score_shared_by=0 if job is None else shared[job.key],
-        ))
+            compute_baseline=arm.compute,
+            random_baseline=arm.random,
+            matches=matches,
+            dataset_size=size,
+        )
+        run_of[(setting, spec.policy, seed)] = spec.run_id
+        runs.append(spec)
     return runs, list(jobs.values())
+
+
+def matched_run(spec: RunSpec, backpropagated: int) -> RunSpec:
+    """A matched run made concrete once its source run has measured ``backpropagated``.
+
+    Full data on a short schedule trains for exactly that many examples; a random subset
+    keeps ⌈backpropagated / epochs⌉ examples and trains them for that many examples in all
+    (the last epoch cut short), so both backpropagate what the source did.
+    """
+    train = {**spec.train, "examples": max(1, int(backpropagated))}
+    data = spec.data
+    if data.kind == RANDOM:
+        kept = min(spec.dataset_size, max(1, math.ceil(backpropagated / spec.train["epochs"])))
+        keep = 1.0 if kept == spec.dataset_size else (kept + 0.5) / spec.dataset_size
+        data = replace(data, keep=keep)  # ⌊keep·N⌋ = kept
+    return replace(spec, data=data, train=train)
 
 
 @dataclass(frozen=True)
 class Arm:
     """One combination a setting runs with every seed: data arm, weight arm, training overrides.
 
-    ``policy`` is the static data policy whose score table the arm needs (else None).
+    ``policy`` is the static data policy whose score table the arm needs (else None);
+    ``compute`` and ``random`` are the policy labels of the arms it is judged against.
     """
 
     data: DataArm
@@ -190,10 +251,16 @@ class Arm:
     train: str = "{}"  # JSON of TrainConfig overrides (retrieval: the negatives settings)
     policy: PolicyConfig | None = None
     task: str = CLASSIFICATION
+    compute: str | None = None
+    random: str | None = None
 
     @property
     def identity(self) -> tuple[str, str, str]:
         return arm_identity(self.data), arm_identity(self.weights), self.train
+
+    @property
+    def label(self) -> str:
+        return arm_label(self.data, self.weights)
 
 
 def negatives_arms(config: StudyConfig) -> dict[str, tuple[dict, dict, list[Arm]]]:
@@ -221,7 +288,8 @@ def negatives_arms(config: StudyConfig) -> dict[str, tuple[dict, dict, list[Arm]
             out[setting] = (dataset_spec, {"name": settings["model"], "options": {}}, [])
             unique[setting] = {}
         data = DataArm(kind, label, method=name, baseline=baseline)
-        arm = Arm(data, dense, canonical(settings), task=RETRIEVAL)
+        arm = Arm(data, dense, canonical(settings), task=RETRIEVAL,
+                  random=None if baseline else RANDOM_LABEL)
         key = (name, arm.train)
         if key not in unique[setting]:
             unique[setting][key] = arm
@@ -230,62 +298,121 @@ def negatives_arms(config: StudyConfig) -> dict[str, tuple[dict, dict, list[Arm]
 
 
 def study_arms(config: StudyConfig) -> list[Arm]:
-    """The arms of one setting, baselines first, duplicates of a baseline dropped."""
+    """The arms of one setting, baselines first, duplicates of a baseline dropped, each
+    naming its same-compute and random rivals (see the module docstring)."""
     keeps = sorted({k for p in config.policies if p.kind in ("static", "online")
                     for k in config.keeps_of(p)} | set(config.keep))
     sparsities = sorted({s for p in config.policies if p.kind == "weights"
                          for s in config.sparsities_of(p)} | set(config.sparsity))
     online = plugins.online_methods() or ()
     weight_methods = plugins.weight_methods() or ()
-
-    data_arms: list[tuple[DataArm, PolicyConfig | None]] = []
-    for keep in keeps:
-        data_arms.append((DataArm(RANDOM, RANDOM_LABEL, keep, select="random",
-                                  stratify=config.random_stratify, baseline=True), None))
-        if "rs2" in online:
-            data_arms.append((DataArm(ONLINE, display_name("rs2"), keep, method="rs2",
-                                      baseline=True), None))
-    for policy in config.policies:
-        for keep in config.keeps_of(policy) if policy.kind in ("static", "online") else ():
-            if policy.kind == "static":
-                arm = DataArm(STATIC, policy.display, keep, method=policy.score,
-                              select=policy.select, stratify=policy.stratify,
-                              select_options=canonical(policy.select_options))
-            else:
-                arm = DataArm(ONLINE, policy.display, keep, method=policy.online,
-                              options=canonical(policy.options))
-            data_arms.append((arm, policy))
-
-    weight_arms: list[tuple[WeightArm, PolicyConfig | None]] = []
-    if "random" in weight_methods:
-        for sparsity in sparsities:
-            weight_arms.append((WeightArm(WEIGHTS, RANDOM_PRUNING_LABEL, sparsity,
-                                          method="random", baseline=True), None))
-    for policy in config.policies:
-        for sparsity in config.sparsities_of(policy) if policy.kind == "weights" else ():
-            weight_arms.append((WeightArm(WEIGHTS, policy.display, sparsity,
-                                          method=policy.weights,
-                                          options=canonical(policy.options)), policy))
+    full = DataArm(FULL, FULL_LABEL, baseline=True)
+    dense = WeightArm(DENSE, DENSE_LABEL, baseline=True)
 
     def arm(data: DataArm, dp: PolicyConfig | None, weights: WeightArm,
-            wp: PolicyConfig | None) -> Arm:
+            wp: PolicyConfig | None, compute: str | None = None,
+            random: str | None = None) -> Arm:
         train = {**(dp.train if dp else {}), **(wp.train if wp else {})}
         static = dp if dp is not None and dp.kind == "static" else None
         if static is not None and static.select == "random":
             static = None  # a random subset needs no scores
-        return Arm(data, weights, canonical(train), static)
+        return Arm(data, weights, canonical(train), static, compute=compute, random=random)
 
-    full = DataArm(FULL, FULL_LABEL, baseline=True)
-    dense = WeightArm(DENSE, DENSE_LABEL, baseline=True)
+    def short(keep: float) -> DataArm | None:
+        if keep >= 1:
+            return None  # the same compute as full data is full data
+        return DataArm(SHORT, f"{FULL_LABEL}, compute of keep {percent(keep)}", keep,
+                       baseline=True)
+
+    def random_subset(keep: float) -> DataArm:
+        return DataArm(RANDOM, RANDOM_LABEL, keep, select="random",
+                       stratify=config.random_stratify, baseline=True)
+
+    # data arms: (arm, its policy, its same-compute rival, its random rival)
+    data_arms: list[tuple[DataArm, PolicyConfig | None, DataArm | None, DataArm | None]] = []
+    for keep in keeps:
+        data_arms.append((random_subset(keep), None, short(keep), None))
+        if "rs2" in online:
+            data_arms.append((DataArm(ONLINE, display_name("rs2"), keep, method="rs2",
+                                      baseline=True), None, short(keep), random_subset(keep)))
+    matched: list[tuple[DataArm, None, None, None]] = []
+    for policy in config.policies:
+        for keep in config.keeps_of(policy) if policy.kind in ("static", "online") else ():
+            if policy.kind == "static":
+                data = DataArm(STATIC, policy.display, keep, method=policy.score,
+                               select=policy.select, stratify=policy.stratify,
+                               select_options=canonical(policy.select_options))
+                data_arms.append((data, policy, short(keep), random_subset(keep)))
+                continue
+            data = DataArm(ONLINE, policy.display, keep, method=policy.online,
+                           options=canonical(policy.options))
+            if policy.online == "rs2":
+                data_arms.append((data, policy, short(keep), random_subset(keep)))
+                continue
+            source = arm_label(data, dense)
+            compute = DataArm(SHORT, f"{FULL_LABEL}, compute of {source}", keep,
+                              matches=source, baseline=True)
+            rand = DataArm(RANDOM, f"{RANDOM_LABEL}, backprops of {source}", keep,
+                           select="random", stratify=config.random_stratify, matches=source,
+                           baseline=True)
+            data_arms.append((data, policy, compute, rand))
+            matched += [(compute, None, None, None), (rand, None, None, None)]
+
+    # weight arms: (arm, its policy, its random rival)
+    weight_arms: list[tuple[WeightArm, PolicyConfig | None, WeightArm | None]] = []
+    if "random" in weight_methods:
+        for sparsity in sparsities:
+            weight_arms.append((random_pruning(sparsity, "uniform", 0.0), None, None))
+    for policy in config.policies:
+        for sparsity in config.sparsities_of(policy) if policy.kind == "weights" else ():
+            rival = None
+            if "random" in weight_methods:
+                rival = random_pruning(sparsity, "erk", pruning_point(policy, sparsity))
+                weight_arms.append((rival, None, None))
+            weight_arms.append((WeightArm(WEIGHTS, policy.display, sparsity,
+                                          method=policy.weights,
+                                          options=canonical(policy.options)), policy, rival))
+
+    label = arm_label
     arms = [arm(full, None, dense, None)]
-    arms += [arm(d, dp, dense, None) for d, dp in data_arms]
-    arms += [arm(full, None, w, wp) for w, wp in weight_arms]
+    shorts = {d for _, _, d, _ in data_arms if d is not None and d.matches is None}
+    arms += [arm(d, None, dense, None) for d in sorted(shorts, key=lambda d: d.keep)]
+    for d, dp, compute, rand in data_arms:
+        arms.append(arm(d, dp, dense, None, compute and label(compute, dense),
+                        rand and label(rand, dense)))
+    arms += [arm(d, None, dense, None) for d, *_ in matched]
+    for w, wp, rival in weight_arms:
+        arms.append(arm(full, None, w, wp, None, rival and label(full, rival)))
     if config.cross:
-        arms += [arm(d, dp, w, wp) for d, dp in data_arms for w, wp in weight_arms]
+        for d, dp, compute, rand in data_arms:
+            for w, wp, rival in weight_arms:
+                random_data = rand or d
+                random_weights = rival or (w if w.baseline else None)
+                arms.append(arm(d, dp, w, wp, compute and label(compute, dense),
+                                random_weights and label(random_data, random_weights)))
     unique: dict[tuple[str, str, str], Arm] = {}
     for a in arms:
         unique.setdefault(a.identity, a)
     return list(unique.values())
+
+
+def random_pruning(sparsity: float, allocation: str, at: float) -> WeightArm:
+    """The random pruning baseline with ``allocation`` layer densities, pruned at ``at``."""
+    when = "at init" if at == 0 else f"at {percent(at)} of training"
+    name = "ERK" if allocation == "erk" else allocation
+    options = {"allocation": allocation} if at == 0 else {"allocation": allocation, "at": at}
+    return WeightArm(WEIGHTS, f"{RANDOM_PRUNING_LABEL} ({name}, {when})", sparsity,
+                     method="random", options=canonical(options), baseline=True)
+
+
+def pruning_point(policy: PolicyConfig, sparsity: float) -> float:
+    """When a one-shot weight method prunes (fraction of training); 0 for every other schedule
+    (gradual and dynamic-sparse methods are compared with random pruning at init)."""
+    try:
+        sparsifier = plugins.sparsifier(policy.weights, sparsity, 0, **policy.options)
+    except Exception:  # noqa: BLE001 - the config validator reports bad settings
+        return 0.0
+    return float(getattr(sparsifier, "at", 0.0) or 0.0)
 
 
 def arm_identity(arm: DataArm | WeightArm) -> str:
@@ -324,6 +451,9 @@ def arm_label(data: DataArm, weights: WeightArm) -> str:
     if data.kind == NEGATIVES or (data.method is not None and data.keep == 1.0
                                   and data.kind in (FULL, RANDOM)):
         return data.label
+    if data.kind == SHORT or data.matches is not None:
+        return data.label if weights.kind == DENSE else (
+            f"{data.label} + {weights.label}, sparsity {percent(weights.sparsity)}")
     parts = []
     if data.kind != FULL or weights.kind == DENSE:
         parts.append(data.label if data.kind == FULL else f"{data.label}, keep {percent(data.keep)}")

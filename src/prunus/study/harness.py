@@ -29,7 +29,7 @@ from rich.progress import (
 from prunus.errors import PrunusError
 from prunus.study.config import StudyConfig, load_config
 from prunus.study.executors import make_backend
-from prunus.study.grid import RunSpec, ScoreJob, expand_grid
+from prunus.study.grid import RunSpec, ScoreJob, expand_grid, matched_run
 from prunus.study.runs import (
     ScoreResult,
     execute_run,
@@ -52,6 +52,7 @@ class StudyResult:
     failed: int
     verdicts: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    answers: list[str] = field(default_factory=list)
 
 
 def run_study(
@@ -89,7 +90,8 @@ def run_study(
         raise PrunusError(f"--workers must be at least 1 (got {workers}).")
 
     datasets = {d.display: load_dataset(d.model_dump()) for d in config.datasets}
-    runs, jobs = expand_grid(config, {name: ds.fingerprint for name, ds in datasets.items()})
+    runs, jobs = expand_grid(config, {name: ds.fingerprint for name, ds in datasets.items()},
+                             {name: len(ds) for name, ds in datasets.items()})
     store = StudyStore(out)
     store.prepare(config, resume)
     finished = store.finished_run_ids()
@@ -121,7 +123,7 @@ def run_study(
     report = write_report(store)
     failed = sum(len(summary.failures) for summary in report.summaries)
     return StudyResult(store.root, report.path, len(runs), len(todo), failed, report.verdicts,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, report.answers)
 
 
 def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJob],
@@ -133,11 +135,19 @@ def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJo
     failed_scores: dict[str, str] = {}
     in_flight: dict[Future, tuple[str, Any]] = {}
 
+    in_flight_ids: set[str] = set()
+
+    def ready(run: RunSpec) -> bool:
+        if run.matches is not None and (run.matches in in_flight_ids or any(
+                r.run_id == run.matches for r in waiting_runs)):
+            return False  # waits for the run whose measured compute it matches
+        return run.score_key is None or run.score_key in scores or run.score_key in failed_scores
+
     def next_task() -> tuple[str, Any] | None:
         if waiting_jobs:
             return "score", waiting_jobs.pop(0)
         for i, run in enumerate(waiting_runs):
-            if run.score_key is None or run.score_key in scores or run.score_key in failed_scores:
+            if ready(run):
                 return "run", waiting_runs.pop(i)
         return None
 
@@ -147,6 +157,12 @@ def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJo
             if task is None:
                 break
             kind, item = task
+            if kind == "run" and item.matches is not None:
+                item, failure = resolve_match(store, item)
+                if failure:
+                    finish_run(store, item, failed_run_rows(item, failure), display)
+                    continue
+                task = kind, item
             if kind == "score":
                 future = backend.submit(execute_score_job, item, backend.threads)
             elif item.score_key in failed_scores:
@@ -157,6 +173,8 @@ def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJo
                 future = backend.submit(execute_run, item, scores.get(item.score_key),
                                         backend.reporter, backend.threads)
             in_flight[future] = task
+            if kind == "run":
+                in_flight_ids.add(item.run_id)
         if not in_flight:
             if waiting_runs:  # pragma: no cover - every run's table is scheduled above
                 raise RuntimeError("runs are waiting for score tables that are not scheduled")
@@ -166,6 +184,7 @@ def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJo
             display.event(*message)
         for future in done:
             kind, item = in_flight.pop(future)
+            in_flight_ids.discard(getattr(item, "run_id", None))
             if kind == "score":
                 try:
                     result: ScoreResult = future.result()
@@ -185,6 +204,16 @@ def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJo
                 except Exception as exc:  # noqa: BLE001 - a worker that died is a failed run
                     rows = failed_run_rows(item, failure_reason(exc))
                 finish_run(store, item, rows, display)
+
+
+def resolve_match(store: StudyStore, run: RunSpec) -> tuple[RunSpec, str]:
+    """A matched run with its budget set from its source run's measured backprop count, or
+    the reason it cannot run (its source failed)."""
+    rows = store.read_run(run.matches) if store.run_path(run.matches).exists() else []
+    final = rows[-1] if rows else None
+    if final is None or final["status"] != "ok":
+        return run, "the run whose compute it matches failed"
+    return matched_run(run, final["examples_backpropagated"]), ""
 
 
 def finish_run(store: StudyStore, run: RunSpec, rows: list[dict[str, Any]],

@@ -17,11 +17,23 @@ import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from prunus.study.stats import ArmSummary, Estimate, WinRate, summarize
+from prunus.study.stats import (
+    BEATS,
+    MAX_SEEDS_SUGGESTED,
+    MIN_SEEDS,
+    WORSE,
+    ArmSummary,
+    Comparison,
+    Estimate,
+    Recommendation,
+    WinRate,
+    recommend,
+    summarize,
+)
 from prunus.study.store import StudyStore, atomic_write_text
 
 MINUS = "\u2212"
@@ -32,18 +44,23 @@ class Report:
     path: Any
     verdicts: list[str]
     summaries: list[ArmSummary]
+    answers: list[str] = field(default_factory=list)
 
 
 def write_report(store: StudyStore, path=None) -> Report:
-    """Build ``report.html`` from the store (atomically) and return its verdict lines."""
+    """Build ``report.html`` from the store (atomically) and return its answer and verdicts."""
     config = store.read_config()
     rows = load_rows(store)
     summaries = summarize(rows, config.targets)
     verdicts = [verdict(s) for s in summaries]
-    page = render(config, rows, summaries, verdicts, store.score_metas(), store.read_versions())
+    margin = study_margin(config.targets)
+    answers = [answer(recommend(summaries, setting, margin))
+               for setting in dict.fromkeys(s.setting for s in summaries)]
+    page = render(config, rows, summaries, verdicts, answers, store.score_metas(),
+                  store.read_versions())
     path = path or store.report_path
     atomic_write_text(path, page)
-    return Report(path, verdicts, summaries)
+    return Report(path, verdicts, summaries, answers)
 
 
 def load_rows(store: StudyStore) -> list[dict[str, Any]]:
@@ -53,11 +70,68 @@ def load_rows(store: StudyStore) -> list[dict[str, Any]]:
     return query(store.root, "SELECT * FROM runs ORDER BY run_index, step, end_of_epoch").to_pylist()
 
 
+# -- the answer -----------------------------------------------------------------------------
+
+
+DEFAULT_MARGIN = 0.01
+
+
+def study_margin(targets: Sequence[float | str]) -> float:
+    """The non-inferiority margin: the study's first ``full-<N>pp`` target, else 1pp."""
+    from prunus.study.config import TARGET_PATTERN
+
+    for target in targets:
+        match = TARGET_PATTERN.match(str(target))
+        if match:
+            return float(match.group(1)) / 100
+    return DEFAULT_MARGIN
+
+
+def answer(r: Recommendation) -> str:
+    """The report's first sentence for one setting: which arm to use, or that none pays."""
+    margin = pp(r.margin).removeprefix("+")
+    where = f"{r.setting}: " if r.setting else ""
+    if r.full is None or not r.full.seeds:
+        return f"{where}no answer: the full-data reference did not finish."
+    if r.best is None:
+        text = (f"{where}no arm is cheaper than full data at this margin ({margin}): none "
+                f"is shown to be within {margin} of full data's {metric_name(r.full.metric)} "
+                f"at a lower cost (non-inferiority test, {r.tested} arms, Holm-corrected)")
+        if r.too_few_seeds:
+            text += (f"; {len(r.too_few_seeds)} arm{'s' * (len(r.too_few_seeds) != 1)} "
+                     f"had fewer than {MIN_SEEDS} paired seeds and cannot qualify")
+        return text + "."
+    best = r.best
+    text = (f"{where}use {best.policy}: {ratio_text(best.time_ratio)} full data's cost "
+            f"(everything paid once, score tables included), {pp(best.vs_full.mean)} vs full "
+            f"data {interval(best.vs_full)}, not worse by more than {margin} "
+            f"(non-inferiority test, {r.tested} arms, Holm-corrected).")
+    if r.runner_up is not None:
+        text += (f" Runner-up: {r.runner_up.policy}, {ratio_text(r.runner_up.time_ratio)} "
+                 f"full data's cost, {pp(r.runner_up.vs_full.mean)} "
+                 f"{interval(r.runner_up.vs_full)}.")
+    else:
+        text += " No other arm qualifies."
+    return text
+
+
+def ratio_text(e: Estimate) -> str:
+    if math.isnan(e.mean):
+        return "n/a×"
+    if e.has_interval:
+        return f"{e.mean:.2f}× [{e.low:.2f}, {e.high:.2f}]"
+    return f"{e.mean:.2f}×"
+
+
 # -- verdicts -------------------------------------------------------------------------------
 
 
+RIVAL_NAMES = {"full": "full", "compute": "same compute", "random": "random"}
+
+
 def verdict(s: ArmSummary) -> str:
-    """One plain-language line for an arm."""
+    """One plain-language line for an arm: each comparison with its interval and verdict word,
+    then its cost and examples relative to full data."""
     seeds = len(s.seeds) + len(s.failures)
     if not s.seeds:
         reason = next(iter(s.failures.values()), "no run finished")
@@ -66,42 +140,73 @@ def verdict(s: ArmSummary) -> str:
         text = f"{s.policy}: {pct(s.accuracy.mean)} {interval(s.accuracy, pct_bounds=True)} " \
                f"test {metric_name(s.metric)} over {len(s.seeds)} " \
                f"seed{'s' * (len(s.seeds) != 1)}, the reference"
+        if len(s.seeds) < 2:
+            text += " (one seed: no interval is possible)"
     else:
-        reference = "dense" if s.data_kind == "full" else s.reference
-        parts = []
-        if s.vs_full is not None:
-            parts.append(f"{pp(s.vs_full.mean)} vs {reference} {interval(s.vs_full)}")
-        if s.vs_random is not None:
-            rival = "random pruning" if s.data_kind == "full" else "random"
-            parts.append(f"{pp(s.vs_random.mean)} vs {rival} {interval(s.vs_random)}"
-                         f" ({wins_text(s.wins_vs_random)})")
-        parts.append(time_phrase(s))
-        text = f"{s.policy}: " + ", ".join(parts)
+        parts = [comparison_text(c, s) for c in s.comparisons]
+        parts.append(cost_phrase(s))
+        text = f"{s.policy}: " + "; ".join(parts)
     if s.failures:
         reason = next(iter(s.failures.values()))
         text += f"; failed in {len(s.failures)} of {seeds} seeds ({reason})"
     return text
 
 
-def time_phrase(s: ArmSummary) -> str:
+def comparison_text(c: Comparison, s: ArmSummary) -> str:
+    """``+1.2pp vs random [+0.4, +2.0]: beats (Holm, 12 comparisons)``."""
+    if c.kind == "full":
+        rival = "dense" if s.data_kind == "full" else s.reference
+        if s.metric != "accuracy":
+            rival = s.reference
+    elif c.kind == "compute":
+        rival = "same compute"
+    else:
+        rival = c.rival if s.data_kind == "full" and s.weight_policy != "dense" else "random"
+    head = f"{pp(c.difference.mean)} vs {rival} {interval(c.difference)}"
+    return f"{head}: {verdict_word(c)}"
+
+
+def verdict_word(c: Comparison) -> str:
+    d = c.difference
+    if d.n < 2:
+        return f"no interval with {d.n} paired seed{'s' * (d.n != 1)}"
+    if c.verdict in (BEATS, WORSE):
+        word = "beats" if c.verdict == BEATS else "worse"
+        return f"{word} (Holm, {c.family} comparisons)"
+    if d.n < MIN_SEEDS:
+        text = f"inconclusive with {d.n} seeds"
+    else:
+        text = f"inconclusive (Holm, {c.family} comparisons)"
+    if c.needed is not None and c.needed > d.n:
+        more = f"over {MAX_SEEDS_SUGGESTED}" if c.needed >= MAX_SEEDS_SUGGESTED else f"about {c.needed}"
+        text += f" ({more} would resolve this difference at this spread)"
+    elif c.needed is None and d.mean == 0:
+        text += " (no difference observed)"
+    return text
+
+
+def cost_phrase(s: ArmSummary) -> str:
+    """Cost (headline: everything paid once) and examples, relative to full data."""
     if math.isnan(s.time_ratio.mean):
-        return "time n/a"
+        return "cost n/a"
     reference = "full-data" if s.data_kind != "full" else "dense"
     if s.metric != "accuracy":
         reference = s.reference
-    text = f"{s.time_ratio.mean:.2f}× {reference} time"
+    text = f"{ratio_text(s.time_ratio)} {reference} cost"
     if s.uses_scores:
-        text += " including scoring"
-        alone = s.time_ratio_alone.mean
-        if s.score_shared_by > 1 and not math.isnan(alone):
-            text += (f" (its score table's cost shared by {s.score_shared_by} runs; "
-                     f"{alone:.2f}× if paid by one run)")
+        text += " with its score table paid in full"
+        if s.score_shared_by > 1 and not math.isnan(s.time_ratio_amortised.mean):
+            text += (f" ({s.time_ratio_amortised.mean:.2f}× amortised over the "
+                     f"{s.score_shared_by} runs sharing it)")
     elif s.data_kind == "online":
         text += " including selection"
     elif s.data_kind == "negatives" and s.selection_seconds.mean > 0:
         text += " including mining"
+    if s.metric == "accuracy" and not math.isnan(s.backpropagated.mean):
+        text += (f"; {s.backpropagated.mean:.2f}× the examples backpropagated, "
+                 f"{s.forwarded.mean:.2f}× forwarded")
     if s.flops_theoretical and not math.isnan(s.flops_ratio.mean):
-        text += f", {s.flops_ratio.mean:.2f}× {reference} FLOPs (theoretical)"
+        text += f"; {s.flops_ratio.mean:.2f}× {reference} FLOPs (theoretical)"
     return text
 
 
@@ -142,7 +247,7 @@ def wins_text(w: WinRate | None) -> str:
 
 
 def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: list[str],
-           score_metas: dict[str, dict], versions: dict[str, str]) -> str:
+           answers: list[str], score_metas: dict[str, dict], versions: dict[str, str]) -> str:
     """The whole HTML page as a string."""
     e = html.escape
     settings = list(dict.fromkeys(s.setting for s in summaries))
@@ -158,6 +263,9 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
         + f"built {stamp} · "
         + " · ".join(f"{e(k)} {e(str(v))}" for k, v in versions.items()) + "</p>"
     )
+    parts.append("<h2>Answer</h2><ul class=answer>")
+    parts += [f"<li>{e(line)}</li>" for line in answers]
+    parts.append("</ul>")
     parts.append("<h2>Verdicts</h2>")
     by_setting: dict[str, list[tuple[ArmSummary, str]]] = defaultdict(list)
     for s, line in zip(summaries, verdicts):
@@ -178,7 +286,7 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
         if len(settings) > 1:
             parts.append(f"<h2>{e(setting)}</h2>")
         parts.append("<h2>Figures</h2><div class=figs>")
-        for title, png in figures(arms, setting_rows):
+        for title, png in figures(arms, setting_rows, config.targets):
             parts.append(f"<figure><img alt=\"{e(title)}\" src=\"data:image/png;base64,{png}\">"
                          f"<figcaption>{e(title)}</figcaption></figure>")
         parts.append("</div>")
@@ -203,25 +311,50 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
 
 def summary_table(arms: list[ArmSummary]) -> str:
     metric = metric_name(arms[0].metric) if arms else "accuracy"
-    head = ["policy", "keep", "sparsity", "seeds", metric, "95% CI", "Δ vs full", "95% CI",
-            "Δ vs random", "95% CI", "wins vs random", "cost s", "× full time",
-            "× full time, scores paid alone", "× full FLOPs", "on frontier"]
+    retrieval = bool(arms) and arms[0].metric != "accuracy"
+    keeps = not retrieval and any(s.data_kind not in ("full", "negatives") for s in arms)
+    sparsities = not retrieval and any(s.weight_policy != "dense" for s in arms)
+    head = ["policy"] + (["keep"] if keeps else []) + (["sparsity"] if sparsities else [])
+    head += ["seeds", metric, "95% CI", "Δ vs full", "95% CI", "verdict"]
+    if not retrieval:
+        head += ["Δ vs same compute", "95% CI", "verdict"]
+    head += ["Δ vs random", "95% CI", "verdict", "wins vs random", "cost s",
+             "× full cost [95% CI]", "× full cost, score tables amortised"]
+    if not retrieval:
+        head += ["× full examples backpropagated", "× full examples forwarded"]
+    head += ["× full FLOPs", "on frontier"]
     body = []
     for s in arms:
         wins = wins_text(s.wins_vs_random).removeprefix("better in ")
-        body.append([
-            text(s.policy), num(s.keep, f"{100 * s.keep:g}%"),
-            num(s.sparsity, f"{100 * s.sparsity:g}%"),
+        row = [text(s.policy)]
+        if keeps:
+            row.append(num(s.keep, f"{100 * s.keep:g}%"))
+        if sparsities:
+            row.append(num(s.sparsity, f"{100 * s.sparsity:g}%"))
+        row += [
             num(len(s.seeds), f"{len(s.seeds)}" + (f" ({len(s.failures)} failed)" if s.failures else "")),
             num(s.accuracy.mean, pct(s.accuracy.mean)), text(ci_pct(s.accuracy)),
-            *estimate_cells(s.vs_full), *estimate_cells(s.vs_random),
-            text(wins),
-            num(s.cost_seconds.mean, f"{s.cost_seconds.mean:.1f}"),
-            ratio_cell(s.time_ratio), ratio_cell(s.time_ratio_alone),
-            ratio_cell(s.flops_ratio, " (theoretical)" if s.flops_theoretical else ""),
-            text("yes" if s.on_frontier else ""),
-        ])
+            *comparison_cells(s.comparison("full")),
+        ]
+        if not retrieval:
+            row += comparison_cells(s.comparison("compute"))
+        row += [*comparison_cells(s.comparison("random")), text(wins),
+                num(s.cost_seconds.mean, f"{s.cost_seconds.mean:.1f}"),
+                ratio_cell(s.time_ratio), ratio_cell(s.time_ratio_amortised)]
+        if not retrieval:
+            row += [ratio_cell(s.backpropagated, bare=True), ratio_cell(s.forwarded, bare=True)]
+        row += [ratio_cell(s.flops_ratio, " (theoretical)" if s.flops_theoretical else ""),
+                text("yes" if s.on_frontier else "")]
+        body.append(row)
     return table(head, body)
+
+
+def comparison_cells(c: Comparison | None) -> list[str]:
+    if c is None:
+        return [text(""), text(""), text("")]
+    word = verdict_word(c).split(" (")[0]
+    return [num(c.difference.mean, pp(c.difference.mean)), text(interval(c.difference)),
+            text(word)]
 
 
 RETRIEVAL_COLUMNS = [
@@ -259,11 +392,19 @@ def retrieval_table(arms: list[ArmSummary]) -> str:
 
 
 def target_table(arms: list[ArmSummary]) -> str:
-    head = ["policy", "target", metric_name(arms[0].metric) if arms else "accuracy", "reached", "seconds", "95% CI", "GFLOPs", "95% CI",
-            "× full-data seconds"]
-    body = []
-    for s in arms:
-        for t in s.targets:
+    """Time to each target; a target no arm reaches is one line, not a row per arm."""
+    metric = metric_name(arms[0].metric) if arms else "accuracy"
+    head = ["policy", "target", metric, "reached", "seconds", "95% CI", "GFLOPs", "95% CI",
+            "× full-data seconds [95% CI]"]
+    body, unreached = [], []
+    labels = [t.target for t in arms[0].targets] if arms else []
+    for i, label in enumerate(labels):
+        results = [(s, s.targets[i]) for s in arms if len(s.targets) > i]
+        if not any(t.reached for _, t in results):
+            t = results[0][1]
+            unreached.append(f"{label} ({pct(t.accuracy)})")
+            continue
+        for s, t in results:
             body.append([
                 text(s.policy), text(t.target), num(t.accuracy, pct(t.accuracy)),
                 num(t.reached, f"{t.reached}/{t.seeds}" if t.reached else f"not reached (0/{t.seeds})"),
@@ -271,14 +412,24 @@ def target_table(arms: list[ArmSummary]) -> str:
                 num(t.flops.mean, fmt(t.flops.mean / 1e9, ".2f")), text(ci_plain(t.flops, 1e-9, ".2f")),
                 ratio_cell(t.ratio_to_full),
             ])
-    return table(head, body)
+    out = table(head, body) if body else ""
+    if unreached:
+        out += (f"<p>Not reached by any arm in any seed: {html.escape(', '.join(unreached))}."
+                "</p>")
+    return out + (
+        "<p>Seeds that never reach a target are <em>censored</em>: they ran their whole budget "
+        "without getting there, so their time is only known to exceed their total cost. Times "
+        "and intervals are over the seeds that reached it (<em>reached</em> says how many); "
+        "the ratio to full data pairs seeds where both reached it. Every arm is evaluated at "
+        "the same compute cadence (every fixed number of examples backpropagated), so arms are "
+        "checked equally often per unit of compute.</p>")
 
 
 def score_table(metas: dict[str, dict]) -> str:
     if not metas:
         return "<p>No score tables: this study has no static data policy.</p>"
     head = ["table", "method", "proxy model", "proxy epochs", "of a run of", "proxy seeds",
-            "wall s", "GFLOPs", "shared by runs", "charged per run, s"]
+            "wall s", "GFLOPs", "used by runs", "charged per run, s", "amortised per run, s"]
     body = []
     for key, m in metas.items():
         shared = int(m.get("shared_by") or 1)
@@ -288,16 +439,17 @@ def score_table(metas: dict[str, dict]) -> str:
             num(m.get("full_epochs"), str(m.get("full_epochs"))),
             text(", ".join(map(str, m.get("seeds", [])))),
             num(m["seconds"], f"{m['seconds']:.1f}"), num(m["flops"], f"{m['flops'] / 1e9:.2f}"),
-            num(shared, str(shared)), num(m["seconds"] / shared, f"{m['seconds'] / shared:.2f}"),
+            num(shared, str(shared)), num(m["seconds"], f"{m['seconds']:.2f}"),
+            num(m["seconds"] / shared, f"{m['seconds'] / shared:.2f}"),
         ])
     return table(head, body) + (
-        "<p>Each score table is computed once and reused by every run that selects from it; "
-        "its wall time (measured around the whole scoring call: proxy training, its "
-        "evaluations and the scoring passes) and FLOPs are split equally among those runs "
-        "(a run's share is its "
-        "<code>scoring_seconds</code>). The column <em>scores paid alone</em> in the summary "
-        "charges a whole table to one run instead: what a single training run with that "
-        "selection costs.</p>")
+        "<p>Each score table is computed once and reused by every run that selects from it. "
+        "Its wall time (measured around the whole scoring call: proxy training, its "
+        "evaluations and the scoring passes) and FLOPs are charged <em>in full</em> to every "
+        "run that uses it, because that is what a user running that arm once pays (a run's "
+        "<code>scoring_seconds</code>). The amortised figure, the table's cost split equally "
+        "among the runs of this study that share it, is shown beside it as a secondary "
+        "column.</p>")
 
 
 def failed_table(failed: list[dict]) -> str:
@@ -351,10 +503,10 @@ def estimate_cells(e: Estimate | None) -> list[str]:
     return [num(e.mean, pp(e.mean)), text(interval(e))]
 
 
-def ratio_cell(e: Estimate, suffix: str = "") -> str:
+def ratio_cell(e: Estimate, suffix: str = "", bare: bool = False) -> str:
     if math.isnan(e.mean):
         return num(None, "")
-    shown = f"{e.mean:.2f}×" + (f" [{e.low:.2f}, {e.high:.2f}]" if e.has_interval else "") + suffix
+    shown = (f"{e.mean:.2f}×" if bare else ratio_text(e)) + suffix
     return num(e.mean, shown)
 
 
@@ -377,76 +529,119 @@ def fmt(value: Any, spec: str) -> str:
 # -- figures --------------------------------------------------------------------------------
 
 
-def figures(arms: list[ArmSummary], rows: Sequence[dict]) -> list[tuple[str, str]]:
-    """(title, base64 PNG) of each figure for one setting."""
+def figures(arms: list[ArmSummary], rows: Sequence[dict],
+            targets: Sequence[float | str] = ()) -> list[tuple[str, str]]:
+    """(title, base64 PNG) of each figure for one setting; an arm has one colour in all."""
     import matplotlib
 
     matplotlib.use("Agg")
+    colours = arm_colours(arms)
     out = []
     if arms and arms[0].metric != "accuracy":
         label = metric_name(arms[0].metric)
-        return [(f"{label} by negatives policy (mean over seeds, 95% CI)",
-                 metric_bars(arms, label)),
+        bars, note = metric_bars(arms, label, colours)
+        return [(f"{label} by negatives policy (mean over seeds, 95% CI){note}", bars),
                 (f"Pareto frontier: {label} vs cost (dots: runs; markers: arm means)",
-                 pareto_plot(arms, rows, label))]
+                 pareto_plot(arms, rows, colours, label))]
     data_arms = [a for a in arms if a.weight_policy == "dense"]
-    if any(a.data_kind != "full" for a in data_arms):
+    if any(a.data_kind not in ("full", "short") for a in data_arms):
         out.append(("Accuracy vs keep fraction (mean over seeds, 95% CI band)",
-                    accuracy_vs(data_arms, arms, "keep", "data_policy", "keep fraction")))
+                    accuracy_vs(data_arms, arms, "keep", "data_policy", "keep fraction",
+                                colours)))
     weight_arms = [a for a in arms if a.data_kind == "full"]
     if any(a.weight_policy != "dense" for a in weight_arms):
-        out.append(("Accuracy vs sparsity (mean over seeds, 95% CI band)",
-                    accuracy_vs(weight_arms, arms, "sparsity", "weight_policy", "sparsity")))
-    out.append((("Accuracy vs cost (wall seconds: training + selection + scoring share), mean "
-                "over seeds"), accuracy_vs_cost(arms, rows)))
-    if arms and arms[0].targets:
-        out.append(((f"Time to target {arms[0].targets[0].target} "
-                    f"({pct(arms[0].targets[0].accuracy)}), mean and 95% CI over seeds that "
-                    "reached it"), time_to_target_bars(arms)))
+        out.append(("Accuracy vs sparsity (mean over seeds, 95% CI band; sparsity 0 is the "
+                    "dense model)",
+                    accuracy_vs(weight_arms, arms, "sparsity", "weight_policy", "sparsity",
+                                colours)))
+    out.append((("Accuracy vs cost (wall seconds: training + selection + whole score tables), "
+                 "mean over seeds, at the shared evaluation cadence"),
+                accuracy_vs_cost(arms, rows, colours)))
+    for i, target in enumerate(arms[0].targets if arms else []):
+        out.append(((f"Time to target {target.target} ({pct(target.accuracy)}), mean and 95% "
+                     "CI over seeds that reached it (n/N: seeds reached)"),
+                    time_to_target_bars(arms, i, colours)))
     out.append(("Pareto frontier: final accuracy vs cost (dots: runs; markers: arm means)",
-                pareto_plot(arms, rows)))
+                pareto_plot(arms, rows, colours)))
     return out
 
 
+def arm_colours(arms: list[ArmSummary]) -> dict[str, Any]:
+    """Policy -> colour: full data black, every other arm its own colour (tab20, then hsv)."""
+    import matplotlib
+
+    others = [a.policy for a in arms if not a.is_full]
+    palette = matplotlib.colormaps["tab20"].colors
+    if len(others) > len(palette):
+        hsv = matplotlib.colormaps["hsv"]
+        palette = [hsv(i / len(others)) for i in range(len(others))]
+    colours = {policy: palette[i % len(palette)] for i, policy in enumerate(others)}
+    colours.update({a.policy: "black" for a in arms if a.is_full})
+    return colours
+
+
+def legend_outside(ax) -> None:
+    """The legend to the right of the axes, never over the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0.0, frameon=False)
+
+
 def accuracy_vs(members: list[ArmSummary], arms: list[ArmSummary], x_field: str,
-                group_field: str, x_label: str) -> str:
+                group_field: str, x_label: str, colours: dict[str, Any]) -> str:
+    """Accuracy against keep (or sparsity), one line per policy; full data (dense) as the
+    point at keep 1 (sparsity 0) and a dashed reference line."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     full = next((a for a in arms if a.is_full), None)
     groups: dict[str, list[ArmSummary]] = defaultdict(list)
     for a in members:
-        if not a.is_full and a.seeds:
+        if not a.is_full and a.seeds and a.data_kind != "short":
             groups[getattr(a, group_field)].append(a)
     for name, group in groups.items():
         group.sort(key=lambda a: getattr(a, x_field))
         xs = [getattr(a, x_field) for a in group]
         ys = [100 * a.accuracy.mean for a in group]
-        line, = ax.plot(xs, ys, marker="o", label=plain(name))
+        colour = colours.get(group[0].policy)
+        ax.plot(xs, ys, marker="o", color=colour, label=plain(name))
+        if len(xs) == 1:
+            e = group[0].accuracy
+            if e.has_interval:
+                ax.errorbar(xs, ys, yerr=[[ys[0] - 100 * e.low], [100 * e.high - ys[0]]],
+                            color=colour, capsize=3)
+            continue
         lows = [100 * (a.accuracy.low if a.accuracy.has_interval else a.accuracy.mean) for a in group]
         highs = [100 * (a.accuracy.high if a.accuracy.has_interval else a.accuracy.mean) for a in group]
-        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15)
+        ax.fill_between(xs, lows, highs, color=colour, alpha=0.15)
     if full is not None and full.seeds:
-        ax.axhline(100 * full.accuracy.mean, color="black", lw=1, ls="--",
-                   label=plain(full.policy))
+        reference = "dense" if x_field == "sparsity" else plain(full.policy)
+        at = 0.0 if x_field == "sparsity" else 1.0
+        ax.axhline(100 * full.accuracy.mean, color="black", lw=1, ls="--", label=reference)
+        ax.plot([at], [100 * full.accuracy.mean], marker="s", color="black")
         if full.accuracy.has_interval:
             ax.axhspan(100 * full.accuracy.low, 100 * full.accuracy.high, color="black",
                        alpha=0.08)
+    xs = sorted({getattr(a, x_field) for a in members} | {0.0 if x_field == "sparsity" else 1.0})
+    ax.set_xticks(xs)
+    ax.set_xticklabels([("dense" if x_field == "sparsity" and x == 0 else f"{100 * x:g}%")
+                        for x in xs])
     ax.set_xlabel(x_label)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     return png(fig)
 
 
-def accuracy_vs_cost(arms: list[ArmSummary], rows: Sequence[dict]) -> str:
+def accuracy_vs_cost(arms: list[ArmSummary], rows: Sequence[dict], colours: dict[str, Any]) -> str:
     import matplotlib.pyplot as plt
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     curves: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["status"] == "ok" and r["end_of_epoch"]:
+        if r["status"] == "ok":
             curves[r["policy"]][r["seed"]].append(r)
     for a in arms:
         runs = list(curves.get(a.policy, {}).values())
@@ -455,22 +650,23 @@ def accuracy_vs_cost(arms: list[ArmSummary], rows: Sequence[dict]) -> str:
         length = min(len(c) for c in runs)
         cost = np.mean([[r["cost_seconds"] for r in c[:length]] for c in runs], axis=0)
         acc = np.mean([[100 * r["accuracy"] for r in c[:length]] for c in runs], axis=0)
-        ax.plot(cost, acc, marker=".", lw=1.2 if not a.is_full else 2.0,
-                color="black" if a.is_full else None, label=plain(a.policy))
-    ax.set_xlabel("cost: wall seconds (training + selection + scoring share)")
+        ax.plot(cost, acc, marker=".", lw=2.0 if a.is_full else 1.2,
+                color=colours.get(a.policy), label=plain(a.policy))
+    ax.set_xlabel("cost: wall seconds (training + selection + whole score tables)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    legend_outside(ax)
     return png(fig)
 
 
-def time_to_target_bars(arms: list[ArmSummary]) -> str:
+def time_to_target_bars(arms: list[ArmSummary], index: int, colours: dict[str, Any]) -> str:
+    """Seconds to one target per arm, bars from zero; arms that never reach it say so."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(arms) + 1.2))
     labels, means, errors = [], [], [[], []]
     for a in arms:
-        t = a.targets[0]
+        t = a.targets[index]
         labels.append(plain(a.policy))
         mean = t.seconds.mean if t.reached else 0.0
         means.append(0.0 if math.isnan(mean) else mean)
@@ -479,23 +675,29 @@ def time_to_target_bars(arms: list[ArmSummary]) -> str:
         errors[0].append(max(mean - low, 0) if t.reached else 0)
         errors[1].append(max(high - mean, 0) if t.reached else 0)
     y = range(len(arms))
-    ax.barh(list(y), means, xerr=errors, color=["black" if a.is_full else "tab:blue" for a in arms],
-            alpha=0.75)
+    ax.barh(list(y), means, xerr=errors, color=[colours.get(a.policy) for a in arms],
+            alpha=0.8)
     for i, a in enumerate(arms):
-        t = a.targets[0]
+        t = a.targets[index]
         if not t.reached:
-            ax.text(0, i, " not reached", va="center", fontsize=8, color="tab:red")
-        elif t.reached < t.seeds:
-            ax.text(means[i], i, f" {t.reached}/{t.seeds} seeds", va="center", fontsize=7)
+            ax.text(0, i, f" not reached (0/{t.seeds})", va="center", fontsize=8,
+                    color="tab:red")
+        else:
+            ax.text(means[i] + errors[1][i], i, f" {t.reached}/{t.seeds}", va="center",
+                    fontsize=7)
     ax.set_yticks(list(y))
     ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()
+    ax.set_xlim(left=0)
     ax.set_xlabel("wall seconds to reach the target, overheads included")
     ax.grid(alpha=0.3, axis="x")
     return png(fig)
 
 
-def metric_bars(arms: list[ArmSummary], label: str) -> str:
+def metric_bars(arms: list[ArmSummary], label: str,
+                colours: dict[str, Any]) -> tuple[str, str]:
+    """Bars of the metric per arm; the axis starts at zero unless every bar is high and close,
+    then the caption says where it starts (returned as the second item)."""
     import matplotlib.pyplot as plt
 
     shown = [a for a in arms if a.seeds]
@@ -505,43 +707,48 @@ def metric_bars(arms: list[ArmSummary], label: str) -> str:
                for a in shown],
               [100 * (a.accuracy.high - a.accuracy.mean) if a.accuracy.has_interval else 0
                for a in shown]]
-    ax.barh(range(len(shown)), means, xerr=errors, alpha=0.75,
-            color=["black" if a.is_full else "tab:blue" for a in shown])
+    ax.barh(range(len(shown)), means, xerr=errors, alpha=0.8,
+            color=[colours.get(a.policy) for a in shown])
     ax.set_yticks(range(len(shown)))
     ax.set_yticklabels([plain(a.policy) for a in shown], fontsize=8)
     ax.invert_yaxis()
+    note = ""
     if means:
         low = min(m - e for m, e in zip(means, errors[0]))
-        ax.set_xlim(max(0.0, low - 2.0), min(100.0, max(means) + max(errors[1] + [0]) + 1.0))
+        start = 0.0
+        if low > 0 and max(means) - low < 0.25 * low:  # differences would be invisible from 0
+            start = max(0.0, math.floor(low - 2.0))
+            note = f"; the axis starts at {start:g}% so that the differences are visible"
+        ax.set_xlim(start, min(100.0, max(means) + max(errors[1] + [0]) + 1.0))
     ax.set_xlabel(f"test {label} (%)")
     ax.grid(alpha=0.3, axis="x")
-    return png(fig)
+    return png(fig), note
 
 
-def pareto_plot(arms: list[ArmSummary], rows: Sequence[dict],
+def pareto_plot(arms: list[ArmSummary], rows: Sequence[dict], colours: dict[str, Any],
                 metric: str = "test accuracy") -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     finals = [r for r in rows if r["final"] and r["status"] == "ok"]
     ax.scatter([r["cost_seconds"] for r in finals], [100 * r["accuracy"] for r in finals],
-               s=8, color="gray", alpha=0.4)
+               s=8, color=[colours.get(r["policy"], "gray") for r in finals], alpha=0.35)
     for a in arms:
         if not a.seeds:
             continue
         marker = "*" if a.on_frontier else "o"
         ax.scatter([a.cost_seconds.mean], [100 * a.accuracy.mean], marker=marker,
-                   s=90 if a.on_frontier else 30, color="black" if a.is_full else None,
+                   s=90 if a.on_frontier else 30, color=colours.get(a.policy),
                    label=plain(a.policy))
     front = sorted((a for a in arms if a.on_frontier and a.seeds),
                    key=lambda a: a.cost_seconds.mean)
     if front:
         ax.step([a.cost_seconds.mean for a in front], [100 * a.accuracy.mean for a in front],
                 where="post", color="tab:red", lw=1, label="frontier")
-    ax.set_xlabel("cost: wall seconds (training + selection + scoring share)")
+    ax.set_xlabel("cost: wall seconds (training + selection + whole score tables)")
     ax.set_ylabel(f"final {metric} (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    legend_outside(ax)
     return png(fig)
 
 
@@ -570,6 +777,7 @@ max-width:1200px;padding:0 1em;color:#222;background:#fff}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.6em;
 border-bottom:1px solid #ddd}.meta{color:#666;font-size:.9em}
 ul.verdicts li{margin:.25em 0}ul.verdicts li.failed{color:#a00}
+ul.answer li{font-size:1.1em;font-weight:600;margin:.3em 0}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:left}
 th{background:#f4f4f4;cursor:pointer;user-select:none}th.asc:after{content:" \\25B2"}
@@ -579,25 +787,46 @@ figure img{max-width:100%}figcaption{font-size:12px;color:#555}
 code{background:#f4f4f4;padding:0 3px}
 </style></head><body>"""
 
-READING = """<details><summary>How to read this report</summary><ul>
-<li><b>Accuracy</b> is the test accuracy after the last epoch (never the best epoch: that
-would peek at the test set), averaged over seeds; intervals are 95% percentile-bootstrap
-intervals over seeds (scipy, 9,999 resamples). With one seed no interval exists (n/a); with
-3–5 seeds the intervals are rough.</li>
+READING = """<details open><summary>How to read this report</summary><ul>
+<li><b>The answer</b> is the cheapest arm (headline cost) that is shown <em>not worse than full
+data by more than the margin</em> (the study's first <code>full-&lt;N&gt;pp</code> target, else
+1pp): a one-sided paired t-test of "worse by at least the margin", rejected at 2.5% after Holm's
+correction over every arm tested, with at least 5 paired seeds. Otherwise it says no arm is
+cheaper than full data at that margin.</li>
+<li><b>Accuracy</b> is the test accuracy after the last evaluation (never the best one: that
+would peek at the test set), averaged over seeds. Intervals are 95% Student-t intervals over
+seeds: they cover the true mean 95% of the time at these seed counts (checked by simulation).
+With one seed no interval is possible (n/a).</li>
 <li><b>Paired by seed</b>: a seed fixes a run's initialisation and data order, and every arm
-runs with every seed, so differences (Δ vs full, Δ vs random) are computed seed by seed and
-then averaged. A seed where either run failed is left out of that comparison.</li>
-<li><b>Random baseline</b>: a random subset at the same keep fraction (data policies); random
-pruning at the same sparsity (weight policies).</li>
-<li><b>Cost</b> is wall seconds of training + selection + the run's share of the score table
-it used. Evaluation time is measured but left out (every arm evaluates the same test set at the
-same cadence). FLOPs count training forward and backward passes plus the scoring share; for
-sparse weights they are scaled by density and are <em>theoretical</em>: unstructured sparsity
-saves no wall time without a sparse kernel.</li>
+runs with every seed, so differences are computed seed by seed (a paired t-interval). A seed
+where either run failed is left out of that comparison.</li>
+<li><b>Verdicts</b>: "beats" or "worse" only when the difference's test rejects zero after
+Holm's correction over all the comparisons of the setting (their number is shown) <em>and</em>
+at least 5 paired seeds exist. Otherwise "inconclusive with n seeds", with the number of seeds
+that would resolve a difference of the observed size at the observed spread. The intervals
+shown are the raw, uncorrected ones.</li>
+<li><b>Same compute</b>: full data trained for the same number of examples backpropagated as
+the arm, its LR schedule shortened to those steps (same schedule shape): "just train less".
+For online methods whose cost is only known after running, this baseline and the random subset
+they are compared with train for the arm's <em>measured</em> backprop count, seed by seed.</li>
+<li><b>Random baseline</b>: a random subset with the same examples (data policies); random
+pruning with ERK layer densities pruned at the same point of training as the method (weight
+policies). Uniform random pruning at initialisation is shown as well, as the weakest variant.</li>
+<li><b>Cost</b> (headline) is what a user running the arm once pays: wall seconds of training +
+selection + the <em>whole</em> cost of the score tables it needs (proxy training included).
+The amortised figure shares each table among the runs of this study that use it (secondary
+column). Cost ratios are geometric means of per-seed ratios with 95% intervals; identical
+reruns vary by several percent, so a ratio whose interval includes 1 is no measured speed-up.
+Evaluation time is left out. FLOPs count training forward and backward passes plus the score
+tables; for sparse weights they are <em>theoretical</em>: unstructured sparsity saves no wall
+time without a sparse kernel.</li>
 <li><b>Time to target</b>: the cost at the first evaluation whose accuracy reaches the target
-({targets}; "full-1pp" means 1 point below full data's mean final accuracy), over the seeds that
-reached it.</li>
-<li><b>Pareto frontier</b>: arms that no other arm beats on both mean accuracy and mean cost.</li>
+({targets}; "full-1pp" means 1 point below full data's mean final accuracy). Every arm is
+evaluated each time a fixed number of examples has been backpropagated (1/20 of the full-data
+run), so no arm is checked more often per unit of compute. Seeds that never reach it are
+censored and counted in "reached n/N".</li>
+<li><b>Pareto frontier</b>: arms that no other arm beats on both mean accuracy and mean
+headline cost.</li>
 <li><b>Retrieval settings</b> (negatives policies) report nDCG@10 where the others report
 accuracy, in-batch negatives are the reference (in the role of full data) and random
 negatives the random baseline; cost is fine-tuning plus mining and filtering (embedding the

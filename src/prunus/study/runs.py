@@ -3,7 +3,7 @@
 :func:`execute_run` loads the dataset, applies the data arm (random subset, static selection
 from a score table, or an online callback) and the weight arm (a sparsifier callback), trains
 with the run's seed, and returns one row per evaluation with every cost charged: training,
-selection, and the run's share of the score table it used. A run whose loss diverges (or that
+selection, and the whole cost of the score table it used. A run whose loss diverges (or that
 raises) is returned as ``failed`` with the reason; the study goes on.
 """
 
@@ -25,6 +25,7 @@ from prunus.study.grid import (
     ONLINE,
     RANDOM,
     RETRIEVAL,
+    SHORT,
     STATIC,
     RunSpec,
     ScoreJob,
@@ -80,10 +81,10 @@ def execute_run(
         return execute_negatives_run(spec, report)
     dataset = load_dataset(spec.dataset)
     recorder = Recorder(spec, report)
-    share = 0.0, 0.0
-    if scores is not None and spec.score_shared_by:
+    charge = 0.0, 0.0  # the whole score table: what a user running this arm once pays
+    if scores is not None:
         _, seconds, flops = scores
-        share = seconds / spec.score_shared_by, flops / spec.score_shared_by
+        charge = seconds, flops
     selection_seconds = 0.0
     status, error = "ok", ""
     train_examples = len(dataset)
@@ -99,12 +100,12 @@ def execute_run(
     except Exception as exc:  # noqa: BLE001 - a diverging or broken run is a result
         status, error = "failed", failure_reason(exc)
     rows = [
-        make_row(spec, entry, status, error, train_examples, selection_seconds, share)
+        make_row(spec, entry, status, error, train_examples, selection_seconds, charge)
         for entry in recorder.history
     ]
     if not rows:
         rows = [make_row(spec, {"epoch": 0, "step": 0, "end_of_epoch": False}, status, error,
-                         train_examples, selection_seconds, share)]
+                         train_examples, selection_seconds, charge)]
     rows[-1]["final"] = True
     report("run_end", {"run_id": spec.run_id, "status": status})
     return rows
@@ -152,7 +153,7 @@ def execute_negatives_run(spec: RunSpec, report: Reporter) -> list[dict[str, Any
 def apply_data_arm(spec: RunSpec, dataset, scores) -> tuple[Any, list]:
     """The training data and callbacks a run's data arm asks for."""
     data = spec.data
-    if data.kind == FULL:
+    if data.kind in (FULL, SHORT):  # a short schedule is the run's ``examples`` budget
         return dataset, []
     if data.kind == ONLINE:
         return dataset, [plugins.online_callback(data.method, data.keep, spec.seed,
@@ -198,10 +199,10 @@ class Recorder(Callback):
         row = state.last_eval
         row["achieved_sparsity"] = float(state.extra.get("sparsity", 0.0))
         row["density"] = float(state.meter.density)
-        if row.get("end_of_epoch"):
-            self.report("epoch_end", {"run_id": self.spec.run_id, "epoch": row["epoch"],
-                                      "accuracy": row.get("accuracy")})
 
+    def on_epoch_end(self, state) -> None:
+        self.report("epoch_end", {"run_id": self.spec.run_id, "epoch": state.epoch + 1,
+                                  "accuracy": state.last_eval.get("accuracy")})
 
 
 class ExampleWeights(Callback):
@@ -220,10 +221,11 @@ class ExampleWeights(Callback):
 
 def make_row(spec: RunSpec, entry: dict[str, Any], status: str, error: str,
              train_examples: int, selection_seconds: float,
-             share: tuple[float, float]) -> dict[str, Any]:
-    """One store row from a trainer history entry plus the run's fixed facts and charges."""
+             charge: tuple[float, float]) -> dict[str, Any]:
+    """One store row from a trainer history entry plus the run's fixed facts and charges
+    (``charge``: the wall seconds and FLOPs of the whole score table the run used)."""
     nan = float("nan")
-    scoring_seconds = share[0] + entry.get("scoring_seconds", 0.0)
+    scoring_seconds = charge[0] + entry.get("scoring_seconds", 0.0)
     selection = selection_seconds + entry.get("selection_seconds", 0.0)
     train_seconds = entry.get("train_seconds", 0.0)
     return {
@@ -256,13 +258,15 @@ def make_row(spec: RunSpec, entry: dict[str, Any], status: str, error: str,
         "cost_seconds": train_seconds + scoring_seconds + selection,
         "examples_forwarded": int(entry.get("examples_forwarded", 0)),
         "examples_backpropagated": int(entry.get("examples_backpropagated", 0)),
-        "flops": float(entry.get("flops", 0.0)) + share[1],
-        "scoring_flops": share[1],
+        "flops": float(entry.get("flops", 0.0)) + charge[1],
+        "scoring_flops": charge[1],
         "flops_theoretical": entry.get("density", 1.0) < 1.0 or spec.weights.kind != DENSE,
         "achieved_sparsity": float(entry.get("achieved_sparsity", 0.0)),
         "score_table": spec.score_key,
-        "score_table_seconds": None if spec.score_key is None else share[0] * spec.score_shared_by,
+        "score_table_seconds": None if spec.score_key is None else charge[0],
         "score_shared_by": spec.score_shared_by,
+        "compute_baseline": spec.compute_baseline,
+        "random_baseline": spec.random_baseline,
         "peak_memory_mb": float(entry.get("peak_memory_mb", nan)),
         "metric": "accuracy",
         "metrics": None,

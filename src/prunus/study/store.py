@@ -71,6 +71,8 @@ RUN_SCHEMA = pa.schema([
     ("score_table", pa.string()),
     ("score_table_seconds", pa.float64()),
     ("score_shared_by", pa.int64()),
+    ("compute_baseline", pa.string()),  # policy of the full-data arm with the same compute
+    ("random_baseline", pa.string()),  # policy of the random arm this one is judged against
     ("peak_memory_mb", pa.float64()),
     ("metric", pa.string()),  # what ``accuracy`` holds: accuracy, or ndcg@10 for retrieval
     ("metrics", pa.string()),  # JSON of a retrieval run's other metrics and statistics
@@ -188,6 +190,10 @@ class StudyStore:
         self.runs_dir.mkdir(exist_ok=True)
         table = rows_to_table(rows)
         atomic_write(self.run_path(run_id), lambda tmp: pq.write_table(table, tmp))
+
+    def read_run(self, run_id: str) -> list[dict[str, Any]]:
+        """The rows of one finished run, in evaluation order."""
+        return pq.read_table(self.run_path(run_id), schema=RUN_SCHEMA).to_pylist()
 
     def consolidate(self) -> int:
         """Rebuild ``runs.parquet`` from the per-run files; returns the number of rows."""

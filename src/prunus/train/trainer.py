@@ -120,6 +120,10 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Run the whole schedule; returns the history of evaluations and the meter."""
         cfg = self.config
+        n = len(self.dataset)
+        if cfg.examples is not None:
+            cfg = cfg.model_copy(update={"epochs": math.ceil(cfg.examples / n)})
+        last_epoch_size = n if cfg.examples is None else cfg.examples - (cfg.epochs - 1) * n
         torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device)
         model = self.model.to(device)
@@ -141,7 +145,9 @@ class Trainer:
         forward = torch.compile(model) if cfg.compile else model
         amp = cfg.amp and device.type == "cuda"
 
-        state.total_steps = cfg.epochs * math.ceil(len(self.dataset) / cfg.batch_size)
+        state.total_steps = ((cfg.epochs - 1) * math.ceil(n / cfg.batch_size)
+                             + math.ceil(last_epoch_size / cfg.batch_size))
+        state.extra["next_eval"] = cfg.eval_every_examples
         state.optimizer = build_optimizer(model, cfg)
         fire(Event.FIT_START, state)
         # The schedule reads state.total_steps live, so a callback that learns its epoch sizes
@@ -159,6 +165,8 @@ class Trainer:
                     rows = torch.from_numpy(order).to(device)
                 else:
                     rows = torch.from_numpy(state.positions(state.epoch_ids)).to(device)
+                if epoch == cfg.epochs - 1 and cfg.examples is not None:
+                    rows = rows[:last_epoch_size]
                 weights_all = (
                     None
                     if state.epoch_weights is None
@@ -173,7 +181,8 @@ class Trainer:
                     self._step(state, forward, fire, amp)
                     if state.stop:
                         break
-            self._evaluate(state, fire, end_of_epoch=True)
+            if not cfg.eval_every_examples or epoch == cfg.epochs - 1 or state.stop:
+                self._evaluate(state, fire, end_of_epoch=True)
             fire(Event.EPOCH_END, state)
             if state.stop:
                 break
@@ -215,9 +224,16 @@ class Trainer:
         fire(Event.BATCH_END, state)
         if cfg.eval_every and state.step % cfg.eval_every == 0:
             self._evaluate(state, fire, end_of_epoch=False)
+        elif cfg.eval_every_examples and state.meter.examples_backpropagated >= state.extra["next_eval"]:
+            while state.extra["next_eval"] <= state.meter.examples_backpropagated:
+                state.extra["next_eval"] += cfg.eval_every_examples
+            self._evaluate(state, fire, end_of_epoch=False)
 
     @torch.no_grad()
     def _evaluate(self, state: State, fire: EventDispatcher, end_of_epoch: bool) -> None:
+        if end_of_epoch and state.history and state.history[-1]["step"] == state.step:
+            state.history[-1]["end_of_epoch"] = True  # evaluated at this very step already
+            return
         row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "end_of_epoch": end_of_epoch}
         if self.eval_dataset is not None:
             with state.meter.timing("eval"):
