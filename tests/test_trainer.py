@@ -145,8 +145,35 @@ def test_total_steps_can_be_shortened_at_fit_start(blobs):
 
 def test_eval_every_adds_intermediate_evaluations(blobs):
     result = fit(blobs, epochs=1, batch_size=30, eval_every=4)
-    assert [r["step"] for r in result.history] == [4, 8, 8]
-    assert [r["end_of_epoch"] for r in result.history] == [False, False, True]
+    # the end of the epoch falls on an evaluation step: one row, marked as the epoch's end
+    assert [r["step"] for r in result.history] == [4, 8]
+    assert [r["end_of_epoch"] for r in result.history] == [False, True]
+
+
+def test_examples_budget_cuts_the_last_epoch_and_sizes_the_schedule(blobs):
+    n = len(blobs)
+    budget = 2 * n + 70  # two full passes and 70 examples of a third
+    result = fit(blobs, epochs=10, batch_size=32, examples=budget)
+    assert result.meter.examples_backpropagated == budget
+    assert result.history[-1]["epoch"] == 3
+    # the one-cycle schedule was sized to the steps taken, so it ended at its floor
+    steps = 2 * math.ceil(n / 32) + math.ceil(70 / 32)
+    assert result.history[-1]["step"] == steps
+    assert result.history[-1]["lr"] < 1e-3 * 3e-3
+
+
+def test_evaluation_cadence_by_examples_backpropagated(blobs):
+    n = len(blobs)
+    cadence = n // 2
+    result = fit(blobs, epochs=3, batch_size=32, eval_every_examples=cadence)
+    counts = [r["examples_backpropagated"] for r in result.history]
+    # one evaluation at the first step at or past each multiple of the cadence; the last
+    # multiple is the end of training, which is also the final (end-of-epoch) evaluation
+    marks = [k * cadence for k in range(1, 3 * n // cadence + 1)]
+    assert len(counts) == len(marks) + (marks[-1] != 3 * n)
+    assert all(0 <= c - m < 32 for c, m in zip(counts, marks))
+    assert counts[-1] == 3 * n and result.history[-1]["end_of_epoch"]
+    assert sum(r["end_of_epoch"] for r in result.history) == 1  # no per-epoch evaluations
 
 
 def test_learns_blobs(blobs):

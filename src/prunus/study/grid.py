@@ -188,10 +188,6 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str],
         if size and train.get("eval_every_examples") is None and train.get("eval_every") is None:
             train["eval_every_examples"] = math.ceil(
                 size * config.train.epochs / EVALUATIONS_PER_FULL_RUN)
-        if arm.data.kind == SHORT and arm.data.matches is None:
-            if not size:
-                raise ValueError(f"the size of dataset {dataset_spec['name']!r} is needed")
-            train["examples"] = max(1, fraction_count(arm.data.keep, size)) * train["epochs"]
         matches = None
         if arm.data.matches is not None:
             matches = run_of[(setting, arm.data.matches, seed)]
@@ -220,6 +216,15 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str],
         run_of[(setting, spec.policy, seed)] = spec.run_id
         runs.append(spec)
     return runs, list(jobs.values())
+
+
+def short_schedule(spec: RunSpec, dataset_size: int) -> dict[str, Any]:
+    """The training settings of a run; a short-schedule arm at keep k (not a matched one)
+    trains for ⌊k·N⌋·epochs examples, the compute of every arm at that keep."""
+    if spec.data.kind != SHORT or spec.data.matches is not None or "examples" in spec.train:
+        return spec.train
+    examples = max(1, fraction_count(spec.data.keep, dataset_size)) * spec.train["epochs"]
+    return {**spec.train, "examples": examples}
 
 
 def matched_run(spec: RunSpec, backpropagated: int) -> RunSpec:

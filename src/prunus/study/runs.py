@@ -29,6 +29,7 @@ from prunus.study.grid import (
     STATIC,
     RunSpec,
     ScoreJob,
+    short_schedule,
 )
 from prunus.train.events import Callback
 
@@ -179,7 +180,7 @@ def run_trainer(spec: RunSpec, train_data, callbacks: list) -> None:
 
     model = build_model(spec.model["name"], train_data.input_shape, train_data.num_classes,
                         seed=spec.seed, **spec.model["options"])
-    config = TrainConfig(**spec.train, seed=spec.seed)
+    config = TrainConfig(**short_schedule(spec, len(train_data)), seed=spec.seed)
     Trainer(model, train_data, callbacks=callbacks, config=config).fit()
 
 
