@@ -1,6 +1,5 @@
 """Study config validation, grid expansion with automatic baselines, and the statistics."""
 
-import itertools
 import math
 from collections import Counter
 
@@ -11,14 +10,6 @@ from prunus.errors import PrunusError
 from prunus.study import parse_config
 from prunus.study.config import load_config, to_toml
 from prunus.study.grid import expand_grid
-from prunus.study.stats import (
-    mean_ci,
-    paired_difference,
-    pareto_frontier,
-    summarize,
-    time_to_target,
-    win_rate,
-)
 
 
 def base(**changes):
@@ -177,127 +168,6 @@ def test_cross_adds_joint_arms():
     assert "random, keep 50% + random pruning, sparsity 50%" in names
     assert "RS2, keep 50% + magnitude, sparsity 50%" in names
     assert len(names) == 1 + 2 + 2 + 2 * 2
-
-
-# -- statistics -----------------------------------------------------------------------------
-
-
-def exact_percentile_interval(values, confidence=0.95):
-    """Every one of the n^n equally likely resamples, enumerated: the exact bootstrap
-    distribution of the mean, and its percentile interval."""
-    values = np.asarray(values, dtype=float)
-    means = np.array([values[list(idx)].mean()
-                      for idx in itertools.product(range(len(values)), repeat=len(values))])
-    tail = (1 - confidence) / 2 * 100
-    return np.percentile(means, tail), np.percentile(means, 100 - tail)
-
-
-def test_bootstrap_interval_matches_exact_enumeration():
-    values = [0.91, 0.935, 0.902, 0.948, 0.925]
-    low, high = exact_percentile_interval(values)
-    estimate = mean_ci(values)
-    assert estimate.mean == pytest.approx(np.mean(values))
-    assert estimate.n == 5
-    spread = max(values) - min(values)
-    assert estimate.low == pytest.approx(low, abs=0.02 * spread)
-    assert estimate.high == pytest.approx(high, abs=0.02 * spread)
-
-
-def test_interval_fallbacks():
-    one = mean_ci([0.9])
-    assert one.mean == 0.9 and math.isnan(one.low) and not one.has_interval
-    same = mean_ci([0.5, 0.5, 0.5])
-    assert (same.low, same.high) == (0.5, 0.5)
-    assert mean_ci([]).n == 0
-    assert mean_ci([0.2, float("nan"), 0.4]).n == 2
-
-
-def test_paired_difference_and_win_rate():
-    a = {0: 0.90, 1: 0.80, 2: 0.85, 3: 0.70}
-    b = {0: 0.88, 1: 0.82, 2: 0.85, 5: 0.10}  # seed 3 and 5 unpaired
-    diff = paired_difference(a, b)
-    assert diff.n == 3
-    assert diff.mean == pytest.approx((0.02 - 0.02 + 0.0) / 3)
-    wins = win_rate(a, b)
-    assert (wins.wins, wins.ties, wins.n) == (1, 1, 3)
-    assert wins.rate == pytest.approx(0.5)
-
-
-def test_time_to_target_on_a_hand_made_curve():
-    cost = [10.0, 20.0, 30.0, 40.0]
-    accuracy = [0.50, 0.79, 0.81, 0.80]
-    assert time_to_target(cost, accuracy, 0.80) == 30.0
-    assert time_to_target(cost, accuracy, 0.50) == 10.0
-    assert time_to_target(cost, accuracy, 0.82) is None
-    assert time_to_target(cost, [float("nan"), 0.9, 0.9, 0.9], 0.85) == 20.0
-
-
-def test_pareto_frontier_on_hand_made_points():
-    cost = [1.0, 2.0, 2.0, 3.0, 4.0, 5.0, float("nan")]
-    accuracy = [0.70, 0.80, 0.75, 0.80, 0.90, 0.85, 0.99]
-    assert pareto_frontier(cost, accuracy).tolist() == [True, True, False, False, True, False,
-                                                        False]
-    # duplicates are both on it
-    assert pareto_frontier([1.0, 1.0], [0.5, 0.5]).tolist() == [True, True]
-
-
-def synthetic_rows():
-    """Three arms × three seeds with two evaluations each; numbers chosen by hand."""
-    rows = []
-    finals = {
-        ("full", "full data", 1.0): [(0.90, 10.0), (0.92, 11.0), (0.91, 12.0)],
-        ("random", "random", 0.5): [(0.85, 5.0), (0.86, 5.5), (0.84, 6.0)],
-        ("static", "EL2N-hardest", 0.5): [(0.87, 7.0), (0.85, 7.5), (0.86, 8.0)],
-    }
-    index = 0
-    for seed in range(3):
-        for (kind, label, keep), values in finals.items():
-            accuracy, cost = values[seed]
-            policy = label if kind == "full" else f"{label}, keep {int(keep * 100)}%"
-            for epoch, (acc, c) in enumerate([(accuracy - 0.05, cost / 2), (accuracy, cost)], 1):
-                rows.append({
-                    "run_id": f"r{index}", "run_index": index, "setting": "s", "policy": policy,
-                    "data_policy": label, "data_kind": kind, "keep": keep,
-                    "weight_policy": "dense", "sparsity": 0.0, "seed": seed,
-                    "baseline": kind != "static", "status": "ok", "error": "",
-                    "epoch": epoch, "step": epoch, "end_of_epoch": True, "final": epoch == 2,
-                    "accuracy": acc, "cost_seconds": c, "flops": 100.0 * c,
-                    "scoring_seconds": 1.0 if kind == "static" else 0.0,
-                    "flops_theoretical": False,
-                    "score_table": "t" if kind == "static" else None,
-                    "score_table_seconds": 3.0 if kind == "static" else None,
-                    "score_shared_by": 3 if kind == "static" else 0,
-                })
-            index += 1
-    return rows
-
-
-def test_summary_against_hand_computation():
-    arms = {s.policy: s for s in summarize(synthetic_rows(), ["full-2pp", 0.88])}
-    el2n = arms["EL2N-hardest, keep 50%"]
-    assert el2n.accuracy.mean == pytest.approx(0.86)
-    assert el2n.vs_full.mean == pytest.approx(np.mean([0.87 - 0.90, 0.85 - 0.92, 0.86 - 0.91]))
-    assert el2n.vs_random.mean == pytest.approx(np.mean([0.02, -0.01, 0.02]))
-    assert (el2n.wins_vs_random.wins, el2n.wins_vs_random.n) == (2, 3)
-    assert el2n.time_ratio.mean == pytest.approx(np.mean([7 / 10, 7.5 / 11, 8 / 12]))
-    # the table cost 3 s shared by 3 runs: alone, each run pays 2 s more
-    assert el2n.time_ratio_alone.mean == pytest.approx(np.mean([9 / 10, 9.5 / 11, 10 / 12]))
-    full = arms["full data"]
-    assert full.vs_full is None and full.is_full
-    # full-2pp = mean full accuracy (0.91) - 0.02 = 0.89: full reaches it at its last
-    # evaluation in every seed (0.90, 0.92, 0.91), EL2N never does
-    target = full.targets[0]
-    assert target.accuracy == pytest.approx(0.89)
-    assert target.reached == 3 and target.seconds.mean == pytest.approx(11.0)
-    assert el2n.targets[0].reached == 0
-    absolute = arms["random, keep 50%"].targets[1]
-    assert absolute.reached == 0
-    assert el2n.targets[1].reached == 0
-    assert full.targets[1].seconds.mean == pytest.approx(11.0)
-    assert el2n.targets[0].ratio_to_full.n == 0
-    # frontier over arm means: random (cheapest) and full (most accurate); EL2N is beaten by
-    # neither on both counts, so it is on it too
-    assert {a.policy for a in arms.values() if a.on_frontier} == set(arms)
 
 
 def test_percentage_points_never_show_a_negative_zero():

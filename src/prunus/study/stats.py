@@ -19,6 +19,7 @@ quarter of studies). ``tests/test_study_stats.py`` checks the coverage by simula
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
@@ -74,10 +75,20 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> Estimate
     return Estimate(mean, mean - half, mean + half, len(x), sd)
 
 
+@functools.lru_cache(maxsize=256)
 def t_quantile(confidence: float, df: int) -> float:
     from scipy.stats import t
 
     return float(t.ppf((1 + confidence) / 2, df))
+
+
+@functools.lru_cache(maxsize=4)
+def _resolving_factors(confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Seed counts MIN_SEEDS … MAX and t_{(1+c)/2, n−1}/√n for each."""
+    from scipy.stats import t
+
+    n = np.arange(MIN_SEEDS, MAX_SEEDS_SUGGESTED + 1)
+    return n, t.ppf((1 + confidence) / 2, n - 1) / np.sqrt(n)
 
 
 def paired_values(a: Mapping[int, float], b: Mapping[int, float]) -> list[float]:
@@ -118,10 +129,10 @@ def t_test(values: Sequence[float]) -> float:
     sd = x.std(ddof=1)
     if sd == 0:
         return 1.0 if x.mean() == 0 else 0.0
-    from scipy.stats import t
+    from scipy.special import stdtr
 
     statistic = x.mean() / (sd / math.sqrt(len(x)))
-    return float(2 * t.sf(abs(statistic), len(x) - 1))
+    return float(2 * stdtr(len(x) - 1, -abs(statistic)))
 
 
 def noninferiority_p(difference: Estimate, margin: float) -> float:
@@ -136,9 +147,9 @@ def noninferiority_p(difference: Estimate, margin: float) -> float:
     shifted = difference.mean + margin
     if difference.sd == 0:
         return 0.0 if shifted > 0 else 1.0
-    from scipy.stats import t
+    from scipy.special import stdtr
 
-    return float(t.sf(shifted / (difference.sd / math.sqrt(difference.n)), difference.n - 1))
+    return float(stdtr(difference.n - 1, -shifted / (difference.sd / math.sqrt(difference.n))))
 
 
 def holm(pvalues: Sequence[float], alpha: float = ALPHA) -> list[bool]:
@@ -167,10 +178,9 @@ def seeds_needed(estimate: Estimate, confidence: float = CONFIDENCE) -> int | No
         return None
     if estimate.sd == 0:
         return MIN_SEEDS
-    for n in range(max(MIN_SEEDS, 2), MAX_SEEDS_SUGGESTED + 1):
-        if t_quantile(confidence, n - 1) * estimate.sd / math.sqrt(n) < abs(estimate.mean):
-            return n
-    return MAX_SEEDS_SUGGESTED
+    n, factor = _resolving_factors(confidence)
+    resolved = factor * estimate.sd < abs(estimate.mean)
+    return int(n[resolved.argmax()]) if resolved.any() else MAX_SEEDS_SUGGESTED
 
 
 BEATS, WORSE, INCONCLUSIVE = "beats", "worse", "inconclusive"
