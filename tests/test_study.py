@@ -135,10 +135,13 @@ def test_grid_adds_baselines_pairs_seeds_and_shares_scores():
     ))
     runs, jobs = expand_grid(config, {"digits": "fp"}, {"digits": 1437})
     labels = Counter(r.policy for r in runs)
+    uniform = "random pruning (uniform, at init), sparsity 80%"
+    erk = "random pruning (ERK, at 50% of training), sparsity 80%"  # magnitude prunes at 50%
     expected = {
-        "full data", "random, keep 30%", "random, keep 50%", "RS2, keep 30%", "RS2, keep 50%",
+        "full data", "full data, compute of keep 30%", "full data, compute of keep 50%",
+        "random, keep 30%", "random, keep 50%", "RS2, keep 30%", "RS2, keep 50%",
         "EL2N-hardest, keep 30%", "EL2N-hardest, keep 50%", "EL2N-CCS, keep 50%",
-        "random pruning, sparsity 80%", "magnitude, sparsity 80%",
+        uniform, erk, "magnitude, sparsity 80%",
     }
     assert set(labels) == expected
     assert all(count == 2 for count in labels.values())  # every arm once per seed
@@ -146,8 +149,17 @@ def test_grid_adds_baselines_pairs_seeds_and_shares_scores():
     assert by_seed[0] == by_seed[1]
     assert len({r.run_id for r in runs}) == len(runs)
     baselines = {r.policy for r in runs if r.baseline}
-    assert baselines == {"full data", "random, keep 30%", "random, keep 50%", "RS2, keep 30%",
-                         "RS2, keep 50%", "random pruning, sparsity 80%"}
+    assert baselines == expected - {"EL2N-hardest, keep 30%", "EL2N-hardest, keep 50%",
+                                    "EL2N-CCS, keep 50%", "magnitude, sparsity 80%"}
+    # every arm names the arms it is judged against
+    rivals = {r.policy: (r.compute_baseline, r.random_baseline) for r in runs}
+    assert rivals["EL2N-CCS, keep 50%"] == ("full data, compute of keep 50%", "random, keep 50%")
+    assert rivals["RS2, keep 30%"] == ("full data, compute of keep 30%", "random, keep 30%")
+    assert rivals["random, keep 30%"] == ("full data, compute of keep 30%", None)
+    assert rivals["magnitude, sparsity 80%"] == (None, erk)
+    assert rivals["full data"] == (None, None)
+    # one compute cadence for every run: 1/20 of the full-data run's examples
+    assert {r.train["eval_every_examples"] for r in runs} == {math.ceil(1437 * 1 / 20)}
     # one table (same method and proxy) serves both EL2N policies: 3 arms x 2 seeds
     assert len(jobs) == 1
     users = [r for r in runs if r.score_key]
@@ -165,9 +177,38 @@ def test_cross_adds_joint_arms():
                                policies=[{"weights": "magnitude"}]))
     runs, _ = expand_grid(config, {"digits": "fp"}, {"digits": 1437})
     names = {r.policy for r in runs}
-    assert "random, keep 50% + random pruning, sparsity 50%" in names
-    assert "RS2, keep 50% + magnitude, sparsity 50%" in names
-    assert len(names) == 1 + 2 + 2 + 2 * 2
+    uniform = "random pruning (uniform, at init), sparsity 50%"
+    erk = "random pruning (ERK, at 50% of training), sparsity 50%"
+    assert f"random, keep 50% + {uniform}" in names
+    joint = next(r for r in runs if r.policy == "RS2, keep 50% + magnitude, sparsity 50%")
+    assert joint.random_baseline == f"random, keep 50% + {erk}"
+    assert joint.compute_baseline == "full data, compute of keep 50%"
+    # full, its short schedule, 2 data arms, 3 weight arms, 2 × 3 joint arms
+    assert len(names) == 1 + 1 + 2 + 3 + 2 * 3
+
+
+def test_online_arms_get_matched_baselines_that_wait_for_them():
+    from prunus.study.grid import matched_run
+
+    config = parse_config(base(seeds=[0, 1], keep=[0.3], train={"epochs": 4},
+                               policies=[{"online": "infobatch"}]))
+    runs, _ = expand_grid(config, {"digits": "fp"}, {"digits": 1000})
+    by = {(r.policy, r.seed): r for r in runs}
+    source = by[("InfoBatch, keep 30%", 1)]
+    assert source.compute_baseline == "full data, compute of InfoBatch, keep 30%"
+    assert source.random_baseline == "random, backprops of InfoBatch, keep 30%"
+    compute = by[("full data, compute of InfoBatch, keep 30%", 1)]
+    rand = by[("random, backprops of InfoBatch, keep 30%", 1)]
+    assert compute.matches == rand.matches == source.run_id  # same seed's run
+    assert compute.index > source.index
+    # made concrete from the measured count: both backpropagate exactly what InfoBatch did
+    epochs = config.train.epochs
+    assert matched_run(compute, 1234).train["examples"] == 1234
+    concrete = matched_run(rand, 1234)
+    assert concrete.train["examples"] == 1234
+    from prunus.counts import fraction_count
+
+    assert fraction_count(concrete.data.keep, 1000) == math.ceil(1234 / epochs)
 
 
 def test_percentage_points_never_show_a_negative_zero():
