@@ -102,18 +102,28 @@ def test_store_layout_and_rows(study):
     assert (out / "report.html").exists() and len(list((out / "scores").glob("*.parquet"))) == 1
     table = pq.read_table(out / "runs.parquet")
     finals = [r for r in table.to_pylist() if r["final"]]
-    assert result.runs == len(finals) == 7 * 2 and result.ran == 14
-    assert len(list((out / "runs").glob("*.parquet"))) == 14
+    # full, its schedule cut to keep 50%'s compute, random, RS2, loss-hardest, diverging,
+    # uniform and ERK random pruning, magnitude: 9 arms × 2 seeds
+    assert result.runs == len(finals) == 9 * 2 and result.ran == 18
+    assert len(list((out / "runs").glob("*.parquet"))) == 18
     ok = [r for r in finals if r["status"] == "ok"]
     assert all(0 < r["accuracy"] <= 1 and r["cost_seconds"] >= r["train_seconds"] > 0 for r in ok)
     # the diverging policy failed in both seeds, with its reason, and nothing else failed
     failed = [r for r in finals if r["status"] == "failed"]
     assert {r["policy"] for r in failed} == {"diverging, keep 50%"} and result.failed == 2
     assert all("loss became" in r["error"] for r in failed)
-    # every loss-hardest run is charged half of the table (2 runs share it)
+    # every loss-hardest run is charged the whole table (what running it once costs), and
+    # records that 2 runs share it (for the amortised figure)
     scored = [r for r in finals if r["score_table"]]
     assert len(scored) == 2 and all(r["score_shared_by"] == 2 for r in scored)
-    assert all(r["scoring_seconds"] == pytest.approx(r["score_table_seconds"] / 2) for r in scored)
+    assert all(r["scoring_seconds"] == pytest.approx(r["score_table_seconds"]) for r in scored)
+    # the short schedule backpropagates what keep 50% does, to the example
+    by = {(r["policy"], r["seed"]): r for r in ok}
+    for seed in (0, 1):
+        short = by[("full data, compute of keep 50%", seed)]
+        assert short["examples_backpropagated"] == by[("random, keep 50%", seed)][
+            "examples_backpropagated"] == 300 * 2
+        assert by[("RS2, keep 50%", seed)]["examples_backpropagated"] == 300 * 2
     assert all(r["scoring_flops"] > 0 for r in scored)
     # keep 50% of 600 examples
     assert {r["train_examples"] for r in ok if r["data_kind"] in ("random", "static")} == {300}
@@ -140,7 +150,7 @@ def test_resume_after_sigkill_redoes_nothing(study, tmp_path):
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
     before = {p.name: p.read_bytes() for p in finished_files(out)}
-    assert 3 <= len(before) < 14, "the study must be killed part-way"
+    assert 3 <= len(before) < 18, "the study must be killed part-way"
 
     with pytest.raises(PrunusError, match="already holds a study"):
         run_study(config, out, progress=False)
@@ -151,7 +161,7 @@ def test_resume_after_sigkill_redoes_nothing(study, tmp_path):
 
     # resume in a process pool: the rows must still equal those of the uninterrupted study
     result = run_study(config, out, resume=True, workers=2, progress=False)
-    assert result.ran == 14 - len(before)
+    assert result.ran == 18 - len(before)
     for name, data in before.items():  # finished runs untouched
         assert (out / "runs" / name).read_bytes() == data
     assert not [p for p in out.rglob(".tmp-*")]
@@ -175,7 +185,7 @@ def test_ray_executor(study, tmp_path):
             run_study(config, tmp_path / "ray", executor="ray", progress=False)
         pytest.skip("the 'ray' extra is not installed: checked the error, not a Ray run")
     result = run_study(config, tmp_path / "ray", executor="ray", workers=2, progress=False)
-    assert result.ran == 14
+    assert result.ran == 18
     assert same_rows(pq.read_table(tmp_path / "ray" / "runs.parquet"),
                      pq.read_table(root / "out" / "runs.parquet"))
 
@@ -191,7 +201,7 @@ def test_a_failed_score_table_fails_only_its_runs(study, tmp_path):
                        progress=False)
     finals = [r for r in pq.read_table(tmp_path / "s" / "runs.parquet").to_pylist() if r["final"]]
     failed = {r["policy"]: r["error"] for r in finals if r["status"] != "ok"}
-    assert result.runs == 4 and list(failed) == ["loss from a diverging proxy, keep 50%"]
+    assert result.runs == 5 and list(failed) == ["loss from a diverging proxy, keep 50%"]
     assert failed["loss from a diverging proxy, keep 50%"].startswith("scoring failed: ")
     assert not list((tmp_path / "s").glob("scores/*"))  # no table was stored
 
@@ -222,7 +232,7 @@ def test_query_runs_and_scores(study, capsys):
     root, _, _ = study
     out = root / "out"
     counts = query(out, "SELECT count(DISTINCT run_id) AS runs, count(*) AS rows FROM runs")
-    assert counts.to_pylist() == [{"runs": 14, "rows": pq.read_table(out / "runs.parquet").num_rows}]
+    assert counts.to_pylist() == [{"runs": 18, "rows": pq.read_table(out / "runs.parquet").num_rows}]
     scores = query(out, 'SELECT "table", count(*) AS n, count(DISTINCT id) AS ids FROM scores '
                         'GROUP BY 1').to_pylist()
     assert len(scores) == 1 and scores[0]["n"] == scores[0]["ids"] == 600
@@ -243,11 +253,12 @@ def test_report_escapes_user_strings_and_is_self_contained(study):
     assert "http://" not in page and "https://" not in page
     assert page.count("data:image/png;base64,") >= 4
     # verdict lines: one per arm, the failed policy says so
-    assert len(result.verdicts) == 7
+    assert len(result.verdicts) == 9
     diverging = next(v for v in result.verdicts if v.startswith("diverging"))
     assert "failed in all 2 seeds" in diverging
     loss = next(v for v in result.verdicts if v.startswith("loss-hardest"))
-    assert "vs full [" in loss and "vs random [" in loss and "including scoring" in loss
+    assert "vs full [" in loss and "vs random [" in loss and "vs same compute [" in loss
+    assert "score table paid in full" in loss and "amortised over the 2 runs" in loss
 
 
 def test_report_command_rebuilds(study, capsys):

@@ -221,7 +221,8 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str],
 def short_schedule(spec: RunSpec, dataset_size: int) -> dict[str, Any]:
     """The training settings of a run; a short-schedule arm at keep k (not a matched one)
     trains for ⌊k·N⌋·epochs examples, the compute of every arm at that keep."""
-    if spec.data.kind != SHORT or spec.data.matches is not None or "examples" in spec.train:
+    if spec.data.kind != SHORT or spec.data.matches is not None \
+            or spec.train.get("examples") is not None:
         return spec.train
     examples = max(1, fraction_count(spec.data.keep, dataset_size)) * spec.train["epochs"]
     return {**spec.train, "examples": examples}

@@ -231,8 +231,8 @@ def pp(value: float) -> str:
 def interval(e: Estimate, pct_bounds: bool = False) -> str:
     if not e.has_interval:
         return f"[CI n/a: {e.n} seed{'s' * (e.n != 1)}]"
-    if pct_bounds:
-        return f"[{100 * e.low:.1f}, {100 * e.high:.1f}]"
+    if pct_bounds:  # a mean accuracy: a t-interval over few seeds may overshoot [0, 100]
+        return f"[{100 * max(e.low, 0.0):.1f}, {100 * min(e.high, 1.0):.1f}]"
     return f"[{100 * e.low:+.1f}, {100 * e.high:+.1f}]".replace("-", MINUS)
 
 
