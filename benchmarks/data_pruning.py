@@ -5,9 +5,9 @@ and cached, full data and the random subset are added automatically and paired b
 Methods (each at keep 0.3 / 0.5 / 0.7): EL2N-hardest, EL2N-CCS, GraNd-hardest,
 forgetting-hardest, AUM-hardest (hardest = lowest margin, the direction the AUM score table
 declares), plus random subset and full data. The table shows test accuracy mean ± std over
-seeds, the paired difference to random with its 95% bootstrap interval
-(``prunus.study.stats``), a plain verdict, and each method's scoring cost (its score table's
-wall time) as a fraction of one full-data run's training time.
+seeds, the paired differences to random and to full data trained for the same compute with
+their 95% t-intervals and the harness's verdicts (``prunus.study.stats``: Holm-corrected, 5
+seeds to decide), and each arm's cost with its score table paid in full.
 
     python benchmarks/data_pruning.py                       # the issue's setting (slow)
     python benchmarks/data_pruning.py --train-size 4000 --epochs 6 --workers 2 --out /tmp/dp
@@ -19,12 +19,9 @@ import argparse
 import math
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 KEEPS = [0.3, 0.5, 0.7]
 METHODS = [  # (label, score method, select policy)
@@ -69,7 +66,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--proxy-seeds", type=int, default=2, help="proxy runs averaged per score")
     parser.add_argument("--proxy-epochs", type=int, default=0,
                         help="EL2N/GraNd proxy epochs (0: the harness default, 20%% of --epochs)")
@@ -112,67 +109,48 @@ def main() -> None:
 
 
 def print_table(store) -> None:
-    from prunus.study.report import load_rows
-    from prunus.study.stats import paired_difference
+    """One row per arm: accuracy, the paired differences to random and to full data trained for
+    the same compute, with the harness's verdicts (t-intervals, Holm, 5 seeds to decide)."""
+    from prunus.study.report import load_rows, verdict_word
+    from prunus.study.stats import summarize
 
-    finals = [r for r in load_rows(store) if r["final"] and r["status"] == "ok"]
-    by_arm: dict[tuple[str, float], dict[int, dict]] = {}
-    for row in finals:
-        name = "full data" if row["data_kind"] == "full" else row["data_policy"]
-        keep = 1.0 if row["data_kind"] == "full" else float(row["keep"])
-        by_arm.setdefault((name, keep), {})[row["seed"]] = row
-    full = by_arm.get(("full data", 1.0), {})
-    full_seconds = statistics.mean(r["cost_seconds"] for r in full.values()) if full else math.nan
+    arms = summarize(load_rows(store), ["full-1pp"])
+    full = next((a for a in arms if a.is_full), None)
     metas = store.score_metas()
+    full_seconds = full.cost_seconds.mean if full else math.nan
 
-    def accuracy(runs: dict[int, dict]) -> str:
-        acc = [100 * r["accuracy"] for r in runs.values()]
-        std = statistics.stdev(acc) if len(acc) > 1 else math.nan
-        return f"{statistics.mean(acc):5.1f} ± {std:3.1f}"
+    def accuracy(a) -> str:
+        e = a.accuracy
+        ci = f"[{100 * e.low:.1f}, {100 * e.high:.1f}]" if e.has_interval else "[n/a]"
+        return f"{100 * e.mean:5.1f} {ci}"
 
-    def scoring_fraction(runs: dict[int, dict]) -> str:
-        key = next(iter(runs.values()))["score_table"]
-        if key is None or key not in metas:
-            return "-"
-        return f"{metas[key]['seconds'] / full_seconds:.2f}"
+    def difference(c) -> str:
+        if c is None:
+            return ""
+        d = c.difference
+        ci = f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]" if d.has_interval else "[n/a]"
+        return f"{100 * d.mean:+.1f} {ci}"
 
-    header = (f"{'method':<20} {'keep':>5} {'acc % (mean ± std)':>18} {'vs random, pp [95% CI]':>24} "
-              f"{'scoring / full run':>18}  verdict")
+    header = (f"{'arm':<34} {'acc % [95% CI]':>19} {'vs random, pp':>18} "
+              f"{'vs same compute, pp':>20} {'cost / full':>11}  verdict vs random")
     print()
     print(header)
     print("-" * len(header))
+    for a in arms:
+        if a.weight_policy != "dense":
+            continue
+        rand, compute = a.comparison("random"), a.comparison("compute")
+        word = verdict_word(rand) if rand is not None else ""
+        cost = f"{a.time_ratio.mean:.2f}" if not math.isnan(a.time_ratio.mean) else "-"
+        print(f"{a.policy[:34]:<34} {accuracy(a):>19} {difference(rand):>18} "
+              f"{difference(compute):>20} {cost:>11}  {word}")
+    print("\ncost / full: the arm's wall time with its score table paid in full (proxy runs "
+          "included) over full data's, per seed. Intervals are 95% Student-t over seeds "
+          "(raw); verdicts are Holm-corrected over the setting's comparisons and need 5 seeds.")
     if full:
-        print(f"{'full data':<20} {1.0:>5.1f} {accuracy(full):>18} {'':>24} {'-':>18}  "
-              f"(one full-data run: {full_seconds:.1f} s training)")
-    for keep in KEEPS:
-        random = by_arm.get(("random", keep), {})
-        if random:
-            print(f"{'random':<20} {keep:>5.1f} {accuracy(random):>18} {'':>24} {'0':>18}")
-        rand_acc = {s: r["accuracy"] for s, r in random.items()}
-        for label, *_ in METHODS:
-            runs = by_arm.get((label, keep))
-            if not runs:
-                print(f"{label:<20} {keep:>5.1f} {'no finished runs':>18}")
-                continue
-            diff = paired_difference({s: r["accuracy"] for s, r in runs.items()}, rand_acc)
-            ci = (f"{100 * diff.mean:+.1f} [{100 * diff.low:+.1f}, {100 * diff.high:+.1f}]"
-                  if diff.has_interval else f"{100 * diff.mean:+.1f} [n/a]")
-            print(f"{label:<20} {keep:>5.1f} {accuracy(runs):>18} {ci:>24} "
-                  f"{scoring_fraction(runs):>18}  {verdict(diff)}")
-    print("\nscoring / full run: the score table's wall time (all proxy seeds) over the mean "
-          "training time of one full-data run; EL2N-hardest and EL2N-CCS share one table.")
-    print("verdict: 'beats random' / 'worse than random' only when the paired 95% bootstrap "
-          "interval over seeds excludes 0 (percentile intervals over 3 seeds are approximate).")
-
-
-def verdict(diff) -> str:
-    if not diff.has_interval or np.isnan(diff.mean):
-        return "undecided (too few paired seeds)"
-    if diff.low > 0:
-        return "beats random"
-    if diff.high < 0:
-        return "worse than random"
-    return "no clear difference from random"
+        print(f"one full-data run: {full_seconds:.1f} s; score tables: " + ", ".join(
+            f"{m.get('method', k)} {m['seconds'] / full_seconds:.2f}× a full run"
+            for k, m in metas.items()))
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_retrieval_study_end_to_end_matches_run_policy(tmp_path):
     assert "Retrieval metrics and negatives" in page and "MRR@10" in page
 
 
-@pytest.mark.parametrize("name", ["quickstart.toml", "negatives.toml"])
+@pytest.mark.parametrize("name", ["quickstart.toml", "sparsity.toml", "negatives.toml"])
 def test_example_configs_validate(name):
     from pathlib import Path
 
@@ -114,3 +114,18 @@ def test_example_configs_validate(name):
     config = load_config(path)
     runs, _ = expand_grid(config, {d.display: "fp" for d in config.datasets})
     assert runs
+
+
+def test_sparsity_example_has_both_random_pruning_baselines():
+    from pathlib import Path
+
+    from prunus.study.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "examples" / "sparsity.toml")
+    runs, _ = expand_grid(config, {d.display: "fp" for d in config.datasets})
+    assert {r.policy for r in runs} == {
+        "full data", "magnitude, sparsity 80%",
+        "random pruning (uniform, at init), sparsity 80%",
+        "random pruning (ERK, at 50% of training), sparsity 80%",
+    }
+    assert len(runs) == 4 * len(config.seeds)

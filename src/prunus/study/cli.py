@@ -120,8 +120,9 @@ def demo(
     out: Annotated[Path, typer.Option(help="study directory")] = DEMO_OUT,
     workers: Annotated[int | None, typer.Option(help="runs at once (default: the config's)")] = None,
 ) -> None:
-    """Run the quickstart study (examples/quickstart.toml): full data vs random vs RS2 vs
-    EL2N on mnist1d, 3 seeds; resumes if it was run before with the same config."""
+    """Run the quickstart study (examples/quickstart.toml): full data vs same compute vs
+    random vs RS2 vs EL2N on mnist1d, 5 seeds; resumes if it was run before with the same
+    config."""
     from prunus.errors import PrunusError
     from prunus.study import load_config
 

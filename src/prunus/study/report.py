@@ -153,7 +153,7 @@ def verdict(s: ArmSummary) -> str:
 
 
 def comparison_text(c: Comparison, s: ArmSummary) -> str:
-    """``+1.2pp vs random [+0.4, +2.0]: beats (Holm, 12 comparisons)``."""
+    """``+1.2pp vs random [+0.4, +2.0]: beats (Holm-corrected over 12 comparisons)``."""
     if c.kind == "full":
         rival = "dense" if s.data_kind == "full" else s.reference
         if s.metric != "accuracy":
@@ -172,16 +172,18 @@ def verdict_word(c: Comparison) -> str:
         return f"no interval with {d.n} paired seed{'s' * (d.n != 1)}"
     if c.verdict in (BEATS, WORSE):
         word = "beats" if c.verdict == BEATS else "worse"
-        return f"{word} (Holm, {c.family} comparisons)"
+        return f"{word} (Holm-corrected over {c.family} comparisons)"
     if d.n < MIN_SEEDS:
         text = f"inconclusive with {d.n} seeds"
+    elif d.low > 0 or d.high < 0:
+        text = f"inconclusive after Holm correction over {c.family} comparisons"
     else:
-        text = f"inconclusive (Holm, {c.family} comparisons)"
+        text = "inconclusive"
     if c.needed is not None and c.needed > d.n:
         more = f"over {MAX_SEEDS_SUGGESTED}" if c.needed >= MAX_SEEDS_SUGGESTED else f"about {c.needed}"
-        text += f" ({more} would resolve this difference at this spread)"
+        text += f"; {more} seeds would resolve this difference at this spread"
     elif c.needed is None and d.mean == 0:
-        text += " (no difference observed)"
+        text += "; no difference observed"
     return text
 
 
