@@ -103,6 +103,51 @@ def test_flops_are_accumulated_per_example(blobs):
     assert result.meter.flops == pytest.approx(240 * (fwd + bwd))
 
 
+def _first_kept(shape, kept):
+    mask = torch.zeros(shape, dtype=torch.bool).flatten()
+    mask[:kept] = True
+    return mask.view(shape)
+
+
+def test_theoretical_flops_are_per_layer_weight_density():
+    from prunus.train.meter import ComputeMeter
+    from prunus.weights import masks as M
+
+    model = nn.Sequential(nn.Linear(10, 40), nn.ReLU(), nn.Linear(40, 4))
+    # layer 0: 16 of 400 weights kept (96% sparse); layer 2: 80 of 160 kept (50% sparse)
+    M.apply(model, {"0.weight": _first_kept((40, 10), 16), "2.weight": _first_kept((4, 40), 80)})
+    meter = ComputeMeter(density=96 / 560, layer_density=M.layer_densities(model))
+    assert meter.layer_density == {"0": 0.04, "2": 0.5}
+    meter.count(model, torch.randn(8, 10), forwarded=8, backpropagated=8)
+    # by hand, per example: forward 2·in·out per Linear; backward 2·in·out for the weight
+    # gradient of both layers plus 2·in·out for the input gradient of the second one
+    fwd = 0.04 * 2 * 10 * 40 + 0.5 * 2 * 40 * 4
+    bwd = 0.04 * 2 * 10 * 40 + 0.5 * 2 * (2 * 40 * 4)
+    assert meter.flops == pytest.approx(8 * (fwd + bwd))
+    # the old rule (dense × overall density) undercounts this model by about a fifth
+    dense_fwd, dense_bwd = meter.flops_per_example(model, torch.randn(8, 10))
+    assert dense_fwd == 2 * 10 * 40 + 2 * 40 * 4
+    assert 96 / 560 * 8 * (dense_fwd + dense_bwd) < 0.85 * meter.flops
+
+
+def test_sparsifier_publishes_layer_densities_to_the_meter(blobs):
+    from prunus.weights import masks as M
+    from prunus.weights.schedules import Sparsifier
+
+    class Fixed(Sparsifier):
+        def on_fit_start(self, state):
+            super().on_fit_start(state)
+            M.apply(state.model, {"1.weight": _first_kept((16, 8), 4), "3.weight": _first_kept((3, 16), 40)})
+            self.report(state)
+
+    result = fit(blobs, callbacks=[Fixed(0.5)], epochs=1, batch_size=32)
+    assert result.meter.layer_density == {"1": 4 / 128, "3": 40 / 48}
+    assert result.meter.density == pytest.approx(44 / 176)
+    fwd = 4 / 128 * 2 * 8 * 16 + 40 / 48 * 2 * 16 * 3
+    bwd = 4 / 128 * 2 * 8 * 16 + 40 / 48 * 2 * (2 * 16 * 3)
+    assert result.meter.flops == pytest.approx(240 * (fwd + bwd))
+
+
 def test_nan_loss_is_a_clear_error(blobs):
     class Poison(Callback):
         def on_after_loss(self, state):

@@ -202,6 +202,16 @@ def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
+def layer_densities(model: nn.Module) -> dict[str, float]:
+    """Kept fraction of each masked weight, keyed by the name of the module that owns it
+    (``"features.0"``); what the compute meter scales that module's FLOPs by."""
+    out: dict[str, float] = {}
+    for name, mask in masks_of(model).items():
+        module_name = name.rpartition(".")[0]
+        out[module_name] = out.get(module_name, 1.0) * (float(mask.sum()) / max(mask.numel(), 1))
+    return out
+
+
 def masked_targets(model: nn.Module) -> list[Target]:
     """Targets that currently carry a mask, in module order."""
     modules = dict(model.named_modules())

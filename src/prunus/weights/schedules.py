@@ -2,8 +2,9 @@
 
 Each schedule is a trainer callback built on :class:`Sparsifier`, which owns the prunable set,
 applies masks (zeroing the pruned weights, their gradients and optimizer state), and reports
-the achieved sparsity as ``state.extra["sparsity"]`` and ``state.meter.density`` (the kept
-fraction of prunable weights, which scales the *theoretical* FLOPs). Pruning done before the
+the achieved sparsity as ``state.extra["sparsity"]``, ``state.meter.density`` (the kept
+fraction of prunable weights) and ``state.meter.layer_density`` (each masked layer's kept
+fraction, which scales that layer's *theoretical* FLOPs). Pruning done before the
 first step (at initialisation) is charged to the ``scoring`` phase of the compute meter;
 pruning during training runs inside the timed training loop, so it is in ``train`` seconds.
 
@@ -22,6 +23,7 @@ from prunus.train.events import Callback
 from prunus.weights.masks import (
     Target,
     check_sparsity,
+    layer_densities,
     masks_of,
     plain_state,
     prunable_weights,
@@ -111,10 +113,12 @@ class Sparsifier(Callback):
         return sum(int((~masks[t.name]).sum()) for t in self.targets if t.name in masks)
 
     def report(self, state) -> None:
-        """Publish the achieved sparsity of the prunable set (and density for FLOPs)."""
+        """Publish the achieved sparsity of the prunable set, its density, and each masked
+        layer's density (which scales that layer's theoretical FLOPs)."""
         sparsity = self.pruned(state.model) / self.prunable
         state.extra["sparsity"] = sparsity
         state.meter.density = 1.0 - sparsity
+        state.meter.layer_density = layer_densities(state.model)
 
     def prune_to(self, state, sparsity: float, method: str = "magnitude", **settings) -> None:
         """Prune the prunable set to ``sparsity`` by ``method`` (pruned weights stay pruned)."""
