@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import queue as queue_module
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -88,15 +91,62 @@ def make_backend(kind: str, workers: int, threads: int, on_event: Callable,
     channel = context.Queue()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                               initializer=start_worker, initargs=(channel,))
+                               initializer=start_worker, initargs=(channel, os.getpid()))
     return Backend(pool, workers, threads, _queue=channel, _closers=[channel.close])
 
 
-def start_worker(channel) -> None:
-    """Pool worker start-up: progress messages of the runs it executes go to ``channel``."""
+def start_worker(channel, parent: int | None = None) -> None:
+    """Pool worker start-up: progress messages of the runs it executes go to ``channel``, and
+    the worker dies with the study process ``parent`` (even when that is killed with SIGKILL,
+    which gives the pool no chance to shut its workers down)."""
     from prunus.study import runs
 
     runs.WORKER_CHANNEL = channel
+    if parent is not None:
+        die_with_parent(parent)
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when process ``parent`` ends.
+
+    On Linux the kernel sends SIGKILL at once (``PR_SET_PDEATHSIG``); everywhere, a daemon
+    thread also polls the parent pid and calls ``os._exit`` once this process has been
+    re-parented. A parent that is already gone ends this process here.
+    """
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    watchdog = threading.Thread(target=watch_parent, args=(parent,), daemon=True,
+                                name="prunus-parent-watchdog")
+    watchdog.start()
+
+
+def set_parent_death_signal(signum: int) -> bool:
+    """Ask Linux to send ``signum`` to this process when its parent dies; False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl: the watchdog remains
+        return False
+
+
+def watch_parent(parent: int, interval: float = PARENT_POLL_SECONDS) -> None:
+    """Exit this process (without cleanup: the parent that would collect results is gone) once
+    its parent is no longer ``parent``."""
+    import time
+
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def ray_backend(workers: int, threads: int, address: str | None) -> Backend:
