@@ -224,10 +224,33 @@ def test_nm_skips_layers_not_divisible_and_rejects_bad_input():
     assert "1.weight" not in masks and len(masks) == 3
     with pytest.raises(PrunusError, match="pattern"):
         W.prune(cnn1d(), 0.5, pattern="2-4")
-    with pytest.raises(PrunusError, match="sparsity must be 0.5"):
+    with pytest.raises(PrunusError, match="'2:4' fixes the sparsity at 1 - 2/4 = 0.5.*sparsity 0.75"):
         W.prune(cnn1d(), 0.75, pattern="2:4")
     with pytest.raises(PrunusError, match="multiple of M"):
         nm_mask(torch.rand(3, 5), 2, 4)
+
+
+def test_nm_refuses_a_contradicting_sparsity_instead_of_replacing_it():
+    # 0.9 used to be taken for "the default" and silently became 0.5
+    with pytest.raises(PrunusError, match=r"pattern '2:4' fixes the sparsity at .* 0\.5.*sparsity 0\.9"):
+        W.prune(cnn1d(), pattern="2:4", sparsity=0.9)
+    with pytest.raises(PrunusError, match="sparsity 0.9"):
+        W.OneShot(0.9, pattern="2:4")
+    # the implied sparsity, given or left out, is fine
+    for given in (None, 0.5):
+        net = cnn1d()
+        masks = W.prune(net, given, pattern="2:4")
+        assert sum(int((~m).sum()) for m in masks.values()) * 2 == sum(m.numel() for m in masks.values())
+    assert W.OneShot(0.75, pattern="1:4").sparsity == 0.75
+
+
+def test_cli_prune_refuses_pattern_with_contradicting_sparsity(capsys):
+    from helpers import invoke
+
+    assert invoke("prune", "--pattern", "2:4", "--sparsity", "0.9") == 2
+    err = capsys.readouterr().err
+    assert "'2:4'" in err and "0.9" in err and "Traceback" not in err
+    assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
 
 
 # -- masks: optimizers, save/load, remove ------------------------------------------------------

@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
 
 def prune_command(
     method: str = typer.Option("magnitude", help="weight policy: random, magnitude, gmp, snip, grasp, synflow, gradient, imp, set, rigl, granet, nm"),
-    sparsity: float = typer.Option(0.9, help="fraction of prunable weights removed, in [0, 1)"),
+    sparsity: float | None = typer.Option(None, help="fraction of prunable weights removed, in [0, 1) (default 0.9; an N:M pattern fixes it at 1 - N/M)"),
+    pattern: str = typer.Option("unstructured", help="unstructured or N:M such as 2:4 (one-shot methods and nm)"),
     dataset: str = typer.Option("mnist1d", help="dataset name or path"),
     model: str = typer.Option("cnn1d", help="model name or package.module:factory"),
     epochs: int = typer.Option(10, min=1),
@@ -40,10 +41,22 @@ def prune_command(
     from prunus.train import Trainer
     from prunus.train.progress import RichProgress
     from prunus.weights import get_sparsifier, save, sparsity_report
+    from prunus.weights.nm import parse_pattern, pattern_sparsity
 
     if out is not None and out.suffix != ".safetensors":
         raise PrunusError(f"--out must end in .safetensors (got {str(out)!r}).")
-    sparsifier = get_sparsifier(method, sparsity=sparsity, seed=seed, **parse_options(setting, "--setting"))
+    settings = parse_options(setting, "--setting")
+    nm = parse_pattern(pattern)
+    if nm is not None:
+        sparsity = pattern_sparsity(pattern, sparsity)  # refuses a contradicting --sparsity
+        if method == "nm":
+            if settings.setdefault("m", nm[1]) != nm[1]:
+                raise PrunusError(f"--pattern {pattern} contradicts the setting m={settings['m']}.")
+        else:
+            settings["pattern"] = pattern
+    elif sparsity is None:
+        sparsity = 0.5 if method == "nm" else 0.9
+    sparsifier = get_sparsifier(method, sparsity=sparsity, seed=seed, **settings)
     data = load(dataset, **parse_options(option))
     net = build_model(model, data.input_shape, data.num_classes, seed=seed)
     callbacks = [sparsifier] + ([] if as_json else [RichProgress(console=err_console, description=method)])

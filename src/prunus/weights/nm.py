@@ -68,6 +68,30 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
     return n, m
 
 
+def pattern_sparsity(pattern: str, sparsity: float | None, default: float = 0.9) -> float:
+    """The sparsity a pruning call means: N:M fixes it at 1 − N/M, so ``sparsity`` must be
+    ``None`` (left out) or equal to that; unstructured uses ``sparsity`` (``default`` if None).
+
+    Raises:
+        PrunusError: a bad pattern, or a sparsity that contradicts the N:M pattern.
+    """
+    from prunus.weights.masks import check_sparsity
+
+    nm = parse_pattern(pattern)
+    if nm is None:
+        return check_sparsity(default if sparsity is None else sparsity)
+    implied = 1.0 - nm[0] / nm[1]
+    if sparsity is None:
+        return implied
+    value = check_sparsity(sparsity)
+    if abs(value - implied) > 1e-12:
+        raise PrunusError(
+            f"pattern {pattern!r} fixes the sparsity at 1 - {nm[0]}/{nm[1]} = {implied:g}, "
+            f"which contradicts sparsity {sparsity:g}; leave the sparsity out or set it to {implied:g}."
+        )
+    return implied
+
+
 def is_nm(weight: torch.Tensor, n: int = 2, m: int = 4) -> bool:
     """True when every group of ``m`` consecutive weights has at most ``n`` non-zeros."""
     rows = weight.reshape(weight.shape[0], -1)

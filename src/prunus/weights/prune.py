@@ -11,17 +11,16 @@ from prunus.weights.criteria import CRITERIA, score
 from prunus.weights.masks import (
     Target,
     apply,
-    check_sparsity,
     masks_of,
     prunable_weights,
     pruned_count,
 )
-from prunus.weights.nm import nm_masks, nm_targets, parse_pattern
+from prunus.weights.nm import nm_masks, nm_targets, parse_pattern, pattern_sparsity
 
 
 def prune(
     model: nn.Module,
-    sparsity: float = 0.9,
+    sparsity: float | None = None,
     method: str = "magnitude",
     scope: str = "global",
     allocation: str = "uniform",
@@ -52,8 +51,9 @@ def prune(
 
     Args:
         model: the network (masks are attached as parametrizations).
-        sparsity: fraction of prunable weights to prune, in [0, 1) (default 0.9). With an N:M
-            ``pattern`` it must equal 1 − N/M or be left at its default.
+        sparsity: fraction of prunable weights to prune, in [0, 1) (default 0.9). An N:M
+            ``pattern`` fixes it at 1 − N/M: leave it out or pass exactly that (any other value
+            is refused, never silently replaced).
         method: criterion name (default ``"magnitude"``).
         scope: ``"global"`` (default) or ``"layer"``.
         allocation: ``"uniform"`` (default) or ``"erk"``; used with ``scope="layer"``.
@@ -69,8 +69,9 @@ def prune(
         **settings: passed to the criterion (``batch_size``, ``temperature``, ``input_shape``).
 
     Raises:
-        PrunusError: unknown method/scope/allocation/pattern, sparsity outside [0, 1), missing
-        data for a data-driven criterion, or an infeasible ``min_density``.
+        PrunusError: unknown method/scope/allocation/pattern, sparsity outside [0, 1), a
+        sparsity that contradicts an N:M pattern, missing data for a data-driven criterion, or
+        an infeasible ``min_density``.
     """
     if method not in CRITERIA:
         raise choice_error("method", method, CRITERIA)
@@ -78,19 +79,13 @@ def prune(
         raise choice_error("scope", scope, SCOPES)
     if allocation not in ALLOCATIONS:
         raise choice_error("allocation", allocation, ALLOCATIONS)
-    sparsity = check_sparsity(sparsity)
+    sparsity = pattern_sparsity(pattern, sparsity)
     if not 0.0 <= min_density <= 1.0:
         raise PrunusError(f"min_density must be in [0, 1] (got {min_density!r}).")
     targets = prunable_weights(model, layers, include_first, include_last)
     nm = parse_pattern(pattern)
     if nm is not None:
         targets = nm_targets(targets, nm[1])
-        implied = 1.0 - nm[0] / nm[1]
-        if sparsity not in (0.9, implied) and abs(sparsity - implied) > 1e-12:
-            raise PrunusError(
-                f"sparsity must be {implied} for pattern {pattern!r} (got {sparsity})."
-            )
-        sparsity = implied
     rounds = iterations if iterations is not None else (100 if method == "synflow" else 1)
     if rounds < 1:
         raise PrunusError(f"iterations must be a positive integer (got {iterations!r}).")

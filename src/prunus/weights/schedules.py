@@ -30,6 +30,7 @@ from prunus.weights.masks import (
     pruned_count,
     zero_pruned,
 )
+from prunus.weights.nm import pattern_sparsity
 from prunus.weights.prune import prune
 
 
@@ -179,6 +180,7 @@ class OneShot(Sparsifier):
         **common,
     ) -> None:
         super().__init__(sparsity, **common)
+        pattern_sparsity(pattern, sparsity)  # an N:M pattern fixes the sparsity: refuse others
         if not 0.0 <= at < 1.0:
             raise PrunusError(f"at must be a fraction of training in [0, 1) (got {at!r}).")
         self.method = method
