@@ -1,46 +1,55 @@
 """GraNd: the norm of each example's loss gradient (Paul, Ganguli & Dziugaite 2021, *Deep
 Learning on a Data Diet*).
 
-``GraNd(x, y) = ‖∇_θ ℓ(x, y)‖₂`` over all trainable parameters θ, averaged over seeds by
-:func:`prunus.data.score` (the paper scores at initialisation or early in training).
+``GraNd(x, y) = ‖∇_θ ℓ(x, y)‖₂`` over all trainable parameters θ (``requires_grad=True``),
+averaged over seeds by :func:`prunus.data.score` (the paper scores at initialisation or early in
+training). The result is always the norm autograd gives for one example at a time,
+``‖autograd.grad(ℓ(model(xᵢ), yᵢ), θ)‖₂``, computed by one of two exact paths, or a
+:class:`~prunus.errors.PrunusError`; never an approximation.
 
-The norms are exact but cost about one batched forward + backward: no per-example gradient of
-the whole model is ever built. Hooks record each layer's input ``a`` and the gradient ``g`` of
-the summed loss with respect to its output (which, for example ``i``, is ``∂ℓᵢ/∂outᵢ``), and each
-layer adds its share of ``‖∇_θ ℓᵢ‖²``:
+**Hooks (fast, about one batched forward + backward).** Taken when every trainable parameter is
+owned by a layer of exactly one of these types, each parameter by one layer only (no tied
+weights), and each parameter reaches the loss only through its own layer's calls (counted in the
+autograd graph; ``F.linear(h, layer.weight)`` elsewhere sends the model to the other path).
+Hooks record each call's input ``a`` and the gradient ``g`` of the summed loss with respect to
+its output (for example ``i`` that is ``∂ℓᵢ/∂outᵢ``); no per-example gradient is built:
 
 - ``nn.Linear`` on ``(B, D)`` inputs: ``‖∇W‖² = ‖g‖²·‖a‖²`` and ``‖∇b‖² = ‖g‖²``.
 - ``nn.Linear`` on sequences ``(B, …, D)`` and ``nn.Conv1d/2d/3d`` (inputs unfolded into
-  patches ``aₜ``): ``∇W = Σₜ gₜ aₜᵀ``, whose squared norm is the Gram ("ghost norm") identity
-  ``Σₜ,ₛ (gₜ·gₛ)(aₜ·aₛ)``, or ``‖Σₜ gₜ aₜᵀ‖²`` computed directly for that one layer when that is
-  cheaper (``T·(D_in + D_out) > D_in·D_out``); ``‖∇b‖² = ‖Σₜ gₜ‖²``. A layer called several times
-  in one forward pass sums its calls' tokens, so weight sharing across calls is exact.
-- batch-norm layers: ``∇γ = Σ g·x̂`` and ``∇β = Σ g`` (sums over spatial positions), with ``x̂``
-  normalised by the running statistics.
-- any other layer with its own parameters: ``torch.func`` per-sample gradients (``vmap`` over
-  ``vjp``) of that layer alone.
+  patches ``aₜ``; zero padding, one group): ``∇W = Σₜ gₜ aₜᵀ``, whose squared norm is the Gram
+  ("ghost norm") identity ``Σₜ,ₛ (gₜ·gₛ)(aₜ·aₛ)``, or ``‖Σₜ gₜ aₜᵀ‖²`` directly when that is
+  cheaper (``T·(D_in + D_out) > D_in·D_out``); ``‖∇b‖² = ‖Σₜ gₜ‖²``. A layer called several
+  times in one forward pass sums its calls' tokens.
+- ``nn.BatchNorm1d/2d/3d`` (running statistics) and ``nn.LayerNorm``: ``∇γ = Σ g ⊙ x̂`` and
+  ``∇β = Σ g`` (sums over positions), ``x̂`` the normalised input.
 
-Batch-norm in training mode couples the examples of a batch (each one's output depends on the
-batch mean and variance), so a per-example gradient is not defined there. GraNd is therefore
-computed with the model in **eval mode**: batch-norm normalises with its running statistics,
-dropout is off, examples are independent, and the norms are exactly those of
-``autograd.grad(ℓ(model(xᵢ), yᵢ), θ)`` for one example at a time. Models whose parameters are
-shared between layers (tied weights) are scored with ``torch.func.vmap(grad)`` over the whole
-model instead (same result, more memory), and so are models with a parameterised layer that
-returns several tensors (e.g. ``nn.MultiheadAttention``) or a parameter used outside its own
-layer's forward (e.g. an output projection ``F.linear(h, embedding.weight)``); a walk over the
-autograd graph detects these, so the result is exact or the slower path is taken, never a wrong
-norm.
+**``torch.func`` (exact for anything, more memory).** Every other model, e.g. one with an
+``nn.Embedding``, a parameter owned by the root module, tied weights or a layer masked by
+:mod:`prunus.weights`: ``vmap(grad(ℓ))`` over ``functional_call`` of the whole model, 64
+examples at a time. If ``vmap`` cannot run the model (data-dependent control flow, ``.item()``,
+an op without a batching rule), a PrunusError says so.
 
-``last_layer=True`` is the cheap approximation: only the parameters of the final ``nn.Linear``
-(the layer producing the logits) count, ``‖∇W‖² = ‖g‖²·‖h‖²`` with ``g = ∂ℓ/∂logits = p − y``;
-its column is labelled ``grand_last_layer`` so it is never mistaken for the full norm.
+**Masked (parametrized) layers.** :mod:`prunus.weights` keeps a pruned weight as
+``weight = original ⊙ mask`` (:mod:`torch.nn.utils.parametrize`); the trainable tensor is
+``parametrizations.weight.original``. GraNd reports the gradient of the trainable parameters as
+autograd sees them, ``∇_original ℓ = ∇_weight ℓ ⊙ mask``: pruned entries contribute exactly 0,
+so a masked model's GraNd is the norm of the update the optimiser would actually apply.
+
+Batch-norm in training mode couples the examples of a batch (each output depends on the batch
+mean and variance), so a per-example gradient is not defined there: GraNd puts the model in
+**eval mode** (running statistics, no dropout; the mode is restored afterwards) and refuses
+batch-norm layers without running statistics.
+
+``last_layer=True`` is the cheap approximation: only the parameters of the last ``nn.Linear``
+called (the layer producing the logits) count, ``‖∇W‖² = ‖g‖²·‖h‖²`` with ``g = ∂ℓ/∂logits =
+p − y`` (through ``torch.func`` when that layer is masked or tied); its column is labelled
+``grand_last_layer`` so it is never mistaken for the full norm.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -53,6 +62,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from prunus.data.scores.common import Progress, batches
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError
+
+# Layers whose per-example gradient norms the hooks compute (exact types: a subclass may change
+# what its forward does with its parameters).
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
+_HOOKED = (nn.Linear, *_CONVS, *_NORMS)
 
 # Ghost-norm Gram matrices are built for at most this many (example × token × token) entries at
 # once; larger batches are processed in chunks so memory stays O(batch).
@@ -81,7 +96,8 @@ def grand_scores(
 
     Raises:
         PrunusError: the model has no trainable parameters, a batch-norm layer has no running
-            statistics, or ``last_layer=True`` and the model has no ``nn.Linear`` layer.
+            statistics, ``last_layer=True`` and no ``nn.Linear`` layer is called, or the model
+            needs ``torch.func`` and ``vmap`` cannot run it.
     """
     out = np.empty(len(dataset), dtype=np.float64)
     for rows, x, y in batches(model, dataset, batch_size, progress):
@@ -92,33 +108,61 @@ def grand_scores(
 def per_example_grad_norms(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, last_layer: bool = False
 ) -> torch.Tensor:
-    """``‖∇_θ ℓ(model(xᵢ), yᵢ)‖₂`` for each example of one batch (float64 tensor of length B).
-
-    The functional form for use in any training loop; see the module docstring for the method.
+    """``‖∇_θ ℓ(model(xᵢ), yᵢ)‖₂`` for each example of one batch (float64 tensor of length B),
+    ``ℓ`` the cross-entropy. The functional form for any training loop; see the module docstring.
     """
+    if not any(p.requires_grad for p in model.parameters()):
+        raise PrunusError("GraNd needs a model with trainable parameters (requires_grad=True).")
+    for bn in model.modules():
+        if isinstance(bn, _BatchNorm) and bn.running_mean is None:
+            raise PrunusError(
+                f"GraNd needs every batch-norm layer to keep running statistics "
+                f"(track_running_stats=True); {type(bn).__name__}({bn.num_features}) has none, "
+                "so its examples are coupled through batch statistics."
+            )
     was_training = model.training
     model.eval()
     try:
+        x = x.detach()
         if last_layer:
             return _last_layer_norms(model, x, y)
-        if _has_shared_parameters(model):
-            return _vmap_norms(model, x, y)
-        return _hooked_norms(model, x, y)
+        if _hookable(model):
+            norms = _hooked_norms(model, x, y, list(model.modules()))
+            if norms is not None:
+                return norms
+        return _vmap_norms(model, x, y)
     finally:
         model.train(was_training)
 
 
-# -- the hook-based exact computation -------------------------------------------------------
+def _trainable(module: nn.Module) -> list[torch.Tensor]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _hookable(model: nn.Module) -> bool:
+    """Every trainable parameter is owned by one layer, of a type the hooks compute exactly."""
+    owners: Counter = Counter()
+    for module in model.modules():
+        for _, p in module.named_parameters(recurse=False, remove_duplicate=False):
+            if p.requires_grad:
+                if type(module) not in _HOOKED or (isinstance(module, _CONVS) and not _unfoldable(module)):
+                    return False
+                owners[id(p)] += 1
+    return all(n == 1 for n in owners.values())
+
+
+def _unfoldable(conv: nn.Module) -> bool:
+    return conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+# -- the hook path ------------------------------------------------------------------------------
 
 
 @dataclass
 class _Call:
-    """One forward call of a layer: its inputs and (after backward) its output gradient."""
+    """One forward call of a layer: its input and (after backward) its output gradient."""
 
-    args: tuple
-    kwargs: dict
-    node: object = None  # the autograd node that produced the output
-    stops: frozenset = frozenset()  # autograd nodes of the inputs
+    a: torch.Tensor
     grad: torch.Tensor | None = None
 
     def set_grad(self, grad: torch.Tensor) -> None:
@@ -127,117 +171,83 @@ class _Call:
 
 @dataclass
 class _Recorder:
-    """Forward hooks on every module that owns trainable parameters."""
+    """Forward hooks on ``layers``: each call's input, and a gradient hook on its output."""
 
-    model: nn.Module
-    only: type | tuple[type, ...] | None = None
+    layers: list[nn.Module]
     calls: dict[nn.Module, list[_Call]] = field(default_factory=lambda: defaultdict(list))
-    order: list[nn.Module] = field(default_factory=list)
     sources: dict[int, torch.Tensor] = field(default_factory=dict)
-    unsupported: nn.Module | None = None
 
     def __enter__(self) -> Self:
-        self.handles = []
-        for module in self.model.modules():
-            if self.only is not None and not isinstance(module, self.only):
-                continue
-            if any(p.requires_grad for p in module.parameters(recurse=False)):
-                self.handles.append(module.register_forward_hook(self._hook, with_kwargs=True))
+        self.handles = [m.register_forward_hook(self._hook, with_kwargs=True) for m in self.layers]
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
 
-    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
-        if not isinstance(output, torch.Tensor):
-            self.unsupported = module  # several outputs: left to whole-model torch.func
-            return
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
         if not output.requires_grad:
             return
-        inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        call = _Call(
-            tuple(_detach(a) for a in args),
-            {k: _detach(v) for k, v in kwargs.items()},
-            node=output.grad_fn,
-            stops=frozenset(id(a.grad_fn) for a in inputs if a.grad_fn is not None),
-        )
+        a = (*args, *kwargs.values())[0]
+        call = _Call(a.detach())
         output.register_hook(call.set_grad)
         self.calls[module].append(call)
-        self.order.append(module)
         # A layer whose input does not depend on any parameter is reached by backward only
         # through its own parameters: differentiate with respect to those to reach it.
-        if not any(isinstance(a, torch.Tensor) and a.requires_grad for a in (*args, *kwargs.values())):
-            for p in module.parameters(recurse=False):
-                if p.requires_grad:
-                    self.sources[id(p)] = p
+        if not a.requires_grad:
+            for p in _trainable(module):
+                self.sources[id(p)] = p
 
 
-def _used_outside_their_layer(model: nn.Module, recorder: _Recorder, loss: torch.Tensor) -> bool:
-    """True when some parameter reaches the loss other than through its own layer's recorded
-    calls (e.g. ``F.linear(h, embedding.weight)`` for tied input/output embeddings): the
-    per-layer sums would then miss a term, so the caller switches to whole-model per-sample
-    gradients. Compares, in the autograd graph, the uses of each parameter overall with its
-    uses inside the subgraphs of its layer's calls."""
-    total = _parameter_uses(loss.grad_fn, frozenset())
-    inside: dict[int, int] = defaultdict(int)
-    for calls in recorder.calls.values():
-        for call in calls:
-            for key, count in _parameter_uses(call.node, call.stops).items():
-                inside[key] += count
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            if p.requires_grad and total.get(id(p), 0) > inside.get(id(p), 0):
-                return True
-    return False
-
-
-def _parameter_uses(root, stops: frozenset) -> dict[int, int]:
-    """How many graph edges lead to each leaf tensor's accumulator below ``root`` (not crossing
-    the nodes in ``stops``)."""
-    uses: dict[int, int] = defaultdict(int)
-    seen, stack = set(), [root]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen or id(node) in stops:
-            continue
-        seen.add(id(node))
-        for child, _ in node.next_functions:
-            if child is None:
-                continue
-            variable = getattr(child, "variable", None)
-            if variable is not None:
-                uses[id(variable)] += 1
-            else:
-                stack.append(child)
-    return uses
-
-
-def _detach(value):
-    return value.detach() if isinstance(value, torch.Tensor) else value
-
-
-def _hooked_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    recorder = _Recorder(model)
+def _hooked_norms(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[nn.Module]
+) -> torch.Tensor | None:
+    """Hook-path norms over the trainable parameters owned by ``layers`` (of hooked types), or
+    None when one of them also reaches the loss outside its layer's calls (e.g. tied weights,
+    ``F.linear(h, layer.weight)``): the per-layer sums would miss that term."""
+    layers = [m for m in layers if any(p.requires_grad for p in m.parameters(recurse=False))]
+    owned = {id(p) for m in layers for p in m.parameters(recurse=False) if p.requires_grad}
+    recorder = _Recorder(layers)
     with recorder, torch.enable_grad():
         loss = _summed_loss(model(x), y)
-        outside = recorder.unsupported is not None or _used_outside_their_layer(model, recorder, loss)
-        # A call holds its output's autograd node, and that node holds the call's gradient hook:
-        # a reference cycle that would keep every batch's graph alive until the garbage
-        # collector runs. Dropping the node once it has been inspected keeps memory O(batch).
-        for calls in recorder.calls.values():
-            for call in calls:
-                call.node, call.stops = None, frozenset()
-        if outside:
-            return _vmap_norms(model, x, y)
-        if not recorder.sources:
-            raise PrunusError("GraNd needs a model with trainable parameters (requires_grad=True).")
-        torch.autograd.grad(loss, list(recorder.sources.values()), allow_unused=True)
+        uses = _parameter_uses(loss, owned)
+        sources = [p for p in recorder.sources.values() if id(p) in owned]
+        if sources:
+            torch.autograd.grad(loss, sources, allow_unused=True)
+    expected: Counter = Counter()
+    for module, calls in recorder.calls.items():
+        for p in module.parameters(recurse=False):
+            if id(p) in owned:
+                expected[id(p)] += sum(c.grad is not None for c in calls)
+    if uses != expected:
+        return None
     squared = torch.zeros(len(x), dtype=torch.float64, device=x.device)
     with torch.no_grad():
         for module, calls in recorder.calls.items():
-            squared += _layer_squared_norms(module, calls, len(x)).double()
+            calls = [c for c in calls if c.grad is not None]
+            if calls:
+                squared += _layer_squared_norms(module, calls).double()
     return squared.sqrt()
+
+
+def _parameter_uses(loss: torch.Tensor, owned: set[int]) -> Counter:
+    """How many autograd-graph edges lead from ``loss`` to each parameter in ``owned`` (one per
+    call of its layer when it is used nowhere else)."""
+    uses: Counter = Counter()
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            variable = getattr(child, "variable", None)
+            if variable is not None:
+                if id(variable) in owned:
+                    uses[id(variable)] += 1
+            elif child is not None:
+                stack.append(child)
+    return uses
 
 
 def _summed_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -246,28 +256,17 @@ def _summed_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="sum")
 
 
-def _layer_squared_norms(module: nn.Module, calls: list[_Call], batch: int) -> torch.Tensor:
-    calls = [c for c in calls if c.grad is not None]
-    if not calls:
-        return torch.zeros(batch, device=_param(module).device)
+def _layer_squared_norms(module: nn.Module, calls: list[_Call]) -> torch.Tensor:
     if isinstance(module, nn.Linear):
-        tokens = [_linear_tokens(c) for c in calls]
-        return _gram_squared_norms(module, tokens)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and _unfoldable(module):
-        tokens = [_conv_tokens(module, c) for c in calls]
-        return _gram_squared_norms(module, tokens)
-    if isinstance(module, _BatchNorm):
-        return _batchnorm_squared_norms(module, calls)
-    return _fallback_squared_norms(module, calls)
+        return _gram_squared_norms(module, [_linear_tokens(c) for c in calls])
+    if isinstance(module, _CONVS):
+        return _gram_squared_norms(module, [_conv_tokens(module, c) for c in calls])
+    return _norm_squared_norms(module, calls)
 
 
 def _linear_tokens(call: _Call) -> tuple[torch.Tensor, torch.Tensor]:
-    a, g = call.args[0], call.grad
+    a, g = call.a, call.grad
     return a.reshape(len(a), -1, a.shape[-1]), g.reshape(len(g), -1, g.shape[-1])
-
-
-def _unfoldable(conv: nn.Module) -> bool:
-    return conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
 def _conv_tokens(conv: nn.Module, call: _Call) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,7 +275,7 @@ def _conv_tokens(conv: nn.Module, call: _Call) -> tuple[torch.Tensor, torch.Tens
     Patches come from strided views (``Tensor.unfold``), not ``F.unfold``/im2col, which is
     orders of magnitude slower on CPU for these shapes.
     """
-    a, g = call.args[0], call.grad
+    a, g = call.a, call.grad
     spatial = a.dim() - 2
     pad = [p for size in reversed(conv.padding) for p in (size, size)]
     patches = F.pad(a, pad) if any(pad) else a
@@ -296,10 +295,7 @@ def _gram_squared_norms(
     module: nn.Module, tokens: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> torch.Tensor:
     """``‖Σₜ gₜaₜᵀ‖² (+ ‖Σₜ gₜ‖²)`` per example, over the tokens of every call of the layer."""
-    if len(tokens) == 1:
-        a, g = tokens[0]
-    else:
-        a, g = torch.cat([t[0] for t in tokens], dim=1), torch.cat([t[1] for t in tokens], dim=1)
+    a, g = torch.cat([t[0] for t in tokens], dim=1), torch.cat([t[1] for t in tokens], dim=1)
     g = g.to(a.dtype)
     batch, steps, d_in = a.shape
     d_out = g.shape[2]
@@ -318,117 +314,94 @@ def _gram_squared_norms(
                     squared[start : start + chunk] += gram.sum((1, 2))
                 else:
                     squared[start : start + chunk] += (gc.transpose(1, 2) @ ac).square().sum((1, 2))
-    bias = getattr(module, "bias", None)
-    if bias is not None and bias.requires_grad:
+    if module.bias is not None and module.bias.requires_grad:
         squared += g.sum(1).square().sum(1)
     return squared
 
 
-def _batchnorm_squared_norms(bn: _BatchNorm, calls: list[_Call]) -> torch.Tensor:
-    if bn.running_mean is None or bn.running_var is None:
-        raise PrunusError(
-            f"GraNd needs every batch-norm layer to keep running statistics "
-            f"(track_running_stats=True); {type(bn).__name__}({bn.num_features}) has none, so its "
-            "examples are coupled through batch statistics."
-        )
-    grad_weight, grad_bias = 0.0, 0.0
+def _norm_squared_norms(norm: nn.Module, calls: list[_Call]) -> torch.Tensor:
+    """Batch-norm (eval) and layer-norm: ``‖Σ g ⊙ x̂‖² + ‖Σ g‖²`` per example."""
+    grad_weight = grad_bias = 0.0
     for call in calls:
-        x, g = call.args[0], call.grad.to(call.args[0].dtype)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        x_hat = (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
-        dims = tuple(range(2, x.dim()))
+        a, g = call.a, call.grad.to(call.a.dtype)
+        if isinstance(norm, nn.LayerNorm):
+            x_hat = F.layer_norm(a, norm.normalized_shape, eps=norm.eps)
+            dims = tuple(range(1, a.dim() - len(norm.normalized_shape)))  # positions
+        else:
+            x_hat = F.batch_norm(a, norm.running_mean, norm.running_var, eps=norm.eps)
+            dims = tuple(range(2, a.dim()))  # spatial positions
         grad_weight = grad_weight + ((g * x_hat).sum(dims) if dims else g * x_hat)
         grad_bias = grad_bias + (g.sum(dims) if dims else g)
-    squared = torch.zeros(len(calls[0].args[0]), dtype=calls[0].args[0].dtype, device=bn.running_mean.device)
-    if bn.weight is not None and bn.weight.requires_grad:
-        squared += grad_weight.square().sum(1)
-    if bn.bias is not None and bn.bias.requires_grad:
-        squared += grad_bias.square().sum(1)
+    squared = torch.zeros(len(calls[0].a), dtype=calls[0].a.dtype, device=calls[0].a.device)
+    if norm.weight is not None and norm.weight.requires_grad:
+        squared += grad_weight.flatten(1).square().sum(1)
+    if norm.bias is not None and norm.bias.requires_grad:
+        squared += grad_bias.flatten(1).square().sum(1)
     return squared
-
-
-def _fallback_squared_norms(module: nn.Module, calls: list[_Call]) -> torch.Tensor:
-    """Per-sample gradients of this layer's own parameters with ``torch.func`` (vmap over vjp)."""
-    from torch.func import functional_call, vjp, vmap
-
-    params = {n: p.detach() for n, p in module.named_parameters(recurse=False) if p.requires_grad}
-    total = None
-    for call in calls:
-        batch = len(call.grad)
-        in_dims = tuple(
-            0 if isinstance(a, torch.Tensor) and a.dim() > 0 and len(a) == batch else None
-            for a in call.args
-        )
-
-        def one_example(args, grad, kwargs=call.kwargs, dims=in_dims):
-            args = tuple(a.unsqueeze(0) if d == 0 else a for a, d in zip(args, dims))
-
-            def forward(p):
-                return functional_call(module, p, args, kwargs)
-
-            _, pullback = vjp(forward, params)
-            return pullback(grad.unsqueeze(0))[0]
-
-        grads = vmap(one_example, in_dims=(in_dims, 0))(call.args, call.grad)
-        flat = torch.cat([g.reshape(batch, -1) for g in grads.values()], dim=1)
-        total = flat if total is None else total + flat
-    return total.square().sum(1)
-
-
-def _param(module: nn.Module) -> torch.Tensor:
-    return next(module.parameters(recurse=False))
 
 
 # -- the cheap approximation: last layer only --------------------------------------------------
 
 
 def _last_layer_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    recorder = _Recorder(model, only=nn.Linear)
-    with recorder, torch.enable_grad():
-        loss = _summed_loss(model(x), y)
-        if not recorder.order:
-            raise PrunusError(
-                "GraNd with last_layer=True needs a model whose output layer is nn.Linear "
-                "(none with trainable parameters was called)."
-            )
-        head = recorder.order[-1]
-        calls = [recorder.calls[head][-1]]
-        params = [p for p in head.parameters(recurse=False) if p.requires_grad]
-        torch.autograd.grad(loss, params, allow_unused=True)
-    with torch.no_grad():
-        return _gram_squared_norms(head, [_linear_tokens(c) for c in calls]).double().sqrt()
+    called: list[nn.Module] = []
+    handles = [
+        m.register_forward_hook(lambda module, *_: called.append(module))
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and _trainable(m)
+    ]
+    try:
+        with torch.no_grad():
+            model(x)  # which nn.Linear produces the logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not called:
+        raise PrunusError(
+            "GraNd with last_layer=True needs a model whose output layer is nn.Linear "
+            "(none with trainable parameters was called)."
+        )
+    head = called[-1]
+    norms = _hooked_norms(model, x, y, [head]) if _hookable(head) else None
+    if norms is None:  # masked, tied or reused elsewhere: torch.func on the head's parameters
+        norms = _vmap_norms(model, x, y, _trainable(head))
+    return norms
 
 
-# -- whole-model per-sample gradients (tied parameters) --------------------------------------
+# -- the torch.func path (anything vmap can run) ------------------------------------------------
 
 
-def _has_shared_parameters(model: nn.Module) -> bool:
-    seen: set[int] = set()
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            if id(p) in seen:
-                return True
-            seen.add(id(p))
-    return False
-
-
-def _vmap_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """``torch.func.vmap(grad(ℓ))`` over the whole model, ``chunk`` examples at a time."""
+def _vmap_norms(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, only: list[torch.Tensor] | None = None, chunk: int = 64
+) -> torch.Tensor:
+    """``torch.func.vmap(grad(ℓ))`` over ``functional_call`` of the whole model, ``chunk``
+    examples at a time, with respect to every trainable parameter (or those in ``only``)."""
     from torch.func import functional_call, grad, vmap
 
-    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    buffers = dict(model.named_buffers())
+    wanted = None if only is None else {id(p) for p in only}
+    params = {
+        n: p.detach()
+        for n, p in model.named_parameters()
+        if p.requires_grad and (wanted is None or id(p) in wanted)
+    }
 
     def loss_one(p, xi, yi):
-        logits = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return _summed_loss(logits, yi.unsqueeze(0))
+        return _summed_loss(functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
 
     per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))
     out = []
-    for start in range(0, len(x), chunk):
-        grads = per_example(params, x[start : start + chunk], y[start : start + chunk])
-        out.append(sum(g.flatten(1).double().square().sum(1) for g in grads.values()))
-    return torch.cat(out).sqrt() if out else torch.zeros(0, dtype=torch.float64)
+    try:
+        with torch.no_grad():  # (grad ignores it; no graph is built onto the real parameters)
+            for start in range(0, len(x), chunk):
+                grads = per_example(params, x[start : start + chunk], y[start : start + chunk])
+                out.append(sum(g.flatten(1).double().square().sum(1) for g in grads.values()))
+    except (RuntimeError, NotImplementedError) as exc:
+        raise PrunusError(
+            f"GraNd cannot compute exact per-example gradients of {type(model).__name__}: its "
+            f"layers are not all ones the hooks support and torch.func.vmap(grad) fails on it "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})."
+        ) from exc
+    return torch.cat(out).sqrt() if out else torch.zeros(0, dtype=torch.float64, device=x.device)
 
 
 __all__ = ["grand_scores", "per_example_grad_norms"]
