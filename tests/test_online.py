@@ -250,7 +250,11 @@ def test_selective_backprop_keep_probability_matches_formula():
     history = torch.tensor(rng.exponential(size=300))
     losses = torch.tensor(np.concatenate([rng.exponential(size=20), [0.0, 100.0]]))
     for beta in (0.0, 1.0, 2.5):
-        expected = [(sum(h <= v for h in history.tolist()) / 300) ** beta for v in losses.tolist()]
+        # mid-rank percentile: (#below + ½·#equal) / R
+        expected = [
+            ((sum(h < v for h in history.tolist()) + 0.5 * sum(h == v for h in history.tolist())) / 300) ** beta
+            for v in losses.tolist()
+        ]
         np.testing.assert_allclose(keep_probabilities(losses, history, beta), expected, rtol=1e-6)
     # the Bernoulli draws follow those probabilities (5000 draws: binomial SE ≤ 0.0071)
     g = torch.Generator().manual_seed(0)
@@ -260,14 +264,67 @@ def test_selective_backprop_keep_probability_matches_formula():
     assert torch.all((freq - keep_probabilities(losses, history, 2.0)).abs() < 0.03)
     # keep = 1/(β+1): uniform ranks keep that fraction in expectation
     assert SelectiveBackprop(keep=0.25).beta == pytest.approx(3.0)
+    for keep in (0.3, 0.5):
+        beta = 1 / keep - 1
+        for r in (32, 1024):
+            distinct = torch.randperm(r, generator=torch.Generator().manual_seed(r)).double()
+            mean = keep_probabilities(distinct, distinct, beta).mean().item()
+            assert mean == pytest.approx(keep, abs=2e-3)  # k/R ranks gave keep + ~1/(2R)
+    # tied losses share the middle rank: all-equal history keeps each with probability ½^β
+    assert keep_probabilities(torch.ones(4), torch.ones(10), 1.0).tolist() == [0.5] * 4
+
+
+class RandomLosses(nn.Module):
+    """Logits drawn afresh on every call: per-example losses are i.i.d. and never improve."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.linear(x) * 0 + 2 * torch.randn(len(x), 3)
+
+
+class BatchSizes(Callback):
+    def __init__(self):
+        self.sizes, self.ids = [], []
+
+    def on_after_loss(self, state):
+        self.sizes.append(len(state.batch))
+        self.ids.append(state.batch.ids.numpy().copy())
+
+    def on_fit_end(self, state):
+        self.state = state
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.5])
+def test_selective_backprop_backpropagates_keep_in_full_batches(keep):
+    n, b = 4000, 32
+    rng = np.random.default_rng(0)
+    data = Dataset("random", np.arange(n), rng.normal(size=(n, 8)).astype(np.float32), np.arange(n) % 3, 3)
+    sizes = BatchSizes()
+    torch.manual_seed(0)
+    result = Trainer(
+        RandomLosses(), data, callbacks=[SelectiveBackprop(keep=keep, seed=0), sizes],
+        epochs=1, batch_size=b, device="cpu", seed=0,
+    ).fit()
+    fraction = result.meter.examples_backpropagated / n
+    assert fraction == pytest.approx(keep, abs=0.03)  # was 0.303 / 0.516 in shrunken batches
+    assert sum(sizes.sizes) == result.meter.examples_backpropagated
+    assert all(size == b for size in sizes.sizes[:-1])  # queued into full batches
+    assert 1 <= sizes.sizes[-1] < 2 * b  # the last step trains whatever is queued
+    ids = np.concatenate(sizes.ids)
+    assert len(np.unique(ids)) == len(ids)  # each selected example once
+    assert sizes.state.total_steps == sizes.state.step == len(sizes.sizes)  # the LR schedule ends with the run
 
 
 def test_selective_backprop_meter_counts_forwarded_and_backpropagated():
     data = make_data(n=240)
     result, rec = fit([get_online("selective_backprop", keep=0.5, seed=0)], data, epochs=2)
     kept = sum(len(s["ids"]) for s in rec.steps)
-    assert len(rec.steps) == 2 * 8  # every step trains (at least one example is kept)
-    assert 0.25 * 480 < kept < 0.75 * 480
+    assert [len(s["ids"]) for s in rec.steps[:-1]] == [32] * (len(rec.steps) - 1)  # full batches
+    assert len(rec.steps) < 2 * 8  # steps wait until a full batch is selected
+    assert 0.35 * 480 < kept < 0.65 * 480
     # forwarded: the no-grad pass over every full batch + the training pass over the kept ones
     assert result.meter.examples_forwarded == 2 * 240 + kept
     assert result.meter.examples_backpropagated == kept
