@@ -145,14 +145,21 @@ def _hookable(model: nn.Module) -> bool:
     for module in model.modules():
         for _, p in module.named_parameters(recurse=False, remove_duplicate=False):
             if p.requires_grad:
-                if type(module) not in _HOOKED or (isinstance(module, _CONVS) and not _unfoldable(module)):
+                if type(module) not in _HOOKED or not _unfoldable(module):
                     return False
                 owners[id(p)] += 1
     return all(n == 1 for n in owners.values())
 
 
-def _unfoldable(conv: nn.Module) -> bool:
-    return conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+def _unfoldable(module: nn.Module) -> bool:
+    """Convolutions: the patch unfolding covers zero padding, one group, numeric padding."""
+    if not isinstance(module, _CONVS):
+        return True
+    return (
+        module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
 
 
 # -- the hook path ------------------------------------------------------------------------------
@@ -372,7 +379,11 @@ def _last_layer_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tor
 
 
 def _vmap_norms(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, only: list[torch.Tensor] | None = None, chunk: int = 64
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    only: list[torch.Tensor] | None = None,
+    chunk: int = 64,
 ) -> torch.Tensor:
     """``torch.func.vmap(grad(ℓ))`` over ``functional_call`` of the whole model, ``chunk``
     examples at a time, with respect to every trainable parameter (or those in ``only``)."""
