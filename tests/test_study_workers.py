@@ -174,3 +174,110 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# -- a study that answers nothing, and an interrupted study ---------------------------------
+
+
+def final_rows(out: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return [r for r in pq.read_table(out / "runs.parquet").to_pylist() if r["final"]]
+
+
+def test_a_study_whose_runs_all_fail_exits_1_with_one_sentence(tmp_path, capsys):
+    config = small_config(tmp_path, lr=1e30)
+    out = tmp_path / "out"
+    assert invoke("study", str(config), "--out", str(out), "--quiet") == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert errors[0].startswith("error: all 4 runs of the study failed (the training loss "
+                                "became nan") and errors[0].endswith("report.html.")
+    # the store and the report still hold every run and its reason
+    assert (out / "report.html").exists()
+    assert {r["status"] for r in final_rows(out)} == {"failed"}
+
+
+def test_a_study_whose_score_tables_all_fail_exits_1(tmp_path, capsys):
+    config = small_config(tmp_path)
+    text = config.read_text().replace("policies = []", "")
+    config.write_text(text + '\n[[policies]]\nscore = "loss"\nlabel = "diverging proxy"\n'
+                      '[policies.proxy]\nepochs = 1\nseeds = 1\n'
+                      '[policies.proxy.train]\nlr = 1e30\noptimizer = "sgd"\n')
+    out = tmp_path / "out"
+    assert invoke("study", str(config), "--out", str(out), "--quiet") == 1
+    err = capsys.readouterr().err
+    assert "error: the score table failed (the training loss became nan" in err
+    assert "so no scored policy was tested" in err
+    statuses = {r["policy"]: r["status"] for r in final_rows(out)}
+    assert statuses.pop("diverging proxy, keep 50%") == "failed"
+    assert set(statuses.values()) == {"ok"}  # the baselines ran
+
+
+@pytest.mark.xfail(reason="report.py formats an all-failed arm's cost as 'nan' and draws "
+                          "figures with no data (summary_table's cost s cell: use fmt())",
+                   strict=False)
+def test_an_all_failed_report_shows_no_nan(tmp_path):
+    import re
+
+    config = small_config(tmp_path, lr=1e30)
+    run_study(config, tmp_path / "out", progress=False)
+    page = (tmp_path / "out" / "report.html").read_text()
+    page = page.replace("loss became nan", "")  # the failure reason itself
+    assert not re.search(r"\bnan\b", page, flags=re.IGNORECASE)
+    assert "data:image/png" not in page  # no figure without a single finished run
+
+
+def interrupt_after(monkeypatch, finished: int) -> None:
+    """Ctrl-C while the study runs: the run after ``finished`` runs is interrupted."""
+    from prunus.study import harness
+
+    real = harness.execute_run
+    calls = []
+
+    def execute_run(*args):
+        calls.append(1)
+        if len(calls) > finished:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(harness, "execute_run", execute_run)
+
+
+def test_an_interrupted_study_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    config = small_config(tmp_path)
+    out = tmp_path / "out"
+    interrupt_after(monkeypatch, 2)
+    assert invoke("study", str(config), "--out", str(out), "--quiet") == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 2 of 4 runs finished and are stored" in err
+    assert f"Resume with: prunus study {config} --out {out} --resume" in err
+    assert (out / "report.html").exists() and len(final_rows(out)) == 2
+    monkeypatch.undo()
+    assert invoke("study", str(config), "--out", str(out), "--resume", "--quiet") == 0
+    assert "2 of 4 runs ran now" in capsys.readouterr().out
+    assert {r["status"] for r in final_rows(out)} == {"ok"} and len(final_rows(out)) == 4
+
+
+def test_an_interrupted_study_raises_keyboard_interrupt(tmp_path, monkeypatch):
+    from prunus.study.harness import StudyInterrupted
+
+    config = small_config(tmp_path)
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run_study(config, tmp_path / "out", progress=False)
+    stop = caught.value
+    assert isinstance(stop, StudyInterrupted)
+    assert (stop.finished, stop.runs) == (1, 4) and stop.report == tmp_path / "out" / "report.html"
+
+
+@pytest.mark.xfail(reason="report.py does not know how many runs the study plans, so it "
+                          "cannot say 'incomplete: n of N runs'", strict=False)
+def test_an_interrupted_studys_report_says_it_is_incomplete(tmp_path, monkeypatch):
+    config = small_config(tmp_path)
+    interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, tmp_path / "out", progress=False)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "incomplete" in page and "2 of 4 runs" in page

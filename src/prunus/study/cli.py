@@ -34,8 +34,9 @@ def study(
     from prunus.study import load_config
 
     cfg = load_config(config)
-    run_and_print(cfg, out or Path("studies") / safe_name(cfg.name), resume, executor, workers,
-                  quiet)
+    out = out or Path("studies") / safe_name(cfg.name)
+    run_and_print(cfg, out, resume, executor, workers, quiet,
+                  resume_command=f"prunus study {shell(config)} --out {shell(out)} --resume")
 
 
 def report(
@@ -132,22 +133,48 @@ def demo(
             f"{DEMO_CONFIG} was not found here; run from the repository root, or use "
             "'prunus study CONFIG'."
         )
-    run_and_print(load_config(path), out, True, None, workers, False)
+    run_and_print(load_config(path), out, True, None, workers, False,
+                  resume_command=f"prunus demo --out {shell(out)}")
 
 
 def run_and_print(cfg, out: Path, resume: bool, executor: str | None, workers: int | None,
-                  quiet: bool) -> None:
+                  quiet: bool, resume_command: str = "") -> None:
+    """Run the study and print its answer; exit 1 when it answers nothing (every run, or
+    every score table, failed) and 130 when interrupted (saying how to resume)."""
+    from rich.markup import escape
+
     from prunus.cli import console, err_console
     from prunus.study import run_study
+    from prunus.study.harness import StudyInterrupted
 
-    result = run_study(cfg, out, resume=resume, executor=executor, workers=workers,
-                       progress=not quiet, console=err_console)
+    try:
+        result = run_study(cfg, out, resume=resume, executor=executor, workers=workers,
+                           progress=not quiet, console=err_console)
+    except StudyInterrupted as stop:
+        where = (f"; the report ({stop.report}) covers only those" if stop.report else "")
+        err_console.print(
+            f"[bold yellow]interrupted:[/] {stop.finished} of {stop.runs} runs finished and "
+            f"are stored{escape(where)}. Resume with: {escape(resume_command)}",
+            highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     print_verdicts(console, result.answers, result.verdicts)
     note = f"{result.ran} of {result.runs} runs ran now"
     if result.failed:
         note += f", {result.failed} failed (see the report)"
     console.print(f"{note}; {result.seconds:.0f} s.", highlight=False)
     console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
+    failure = result.failure_sentence()
+    if failure:
+        err_console.print(f"[bold red]error:[/] {escape(failure)}", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def shell(path: Path | str) -> str:
+    """A path as one shell word."""
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def print_verdicts(console, answers: list[str], verdicts: list[str]) -> None:

@@ -45,7 +45,17 @@ class Backend:
         return out
 
     def close(self, cancel: bool = False) -> None:
+        """Wait for the tasks in flight, or (``cancel``) drop the queued ones and end the pool's
+        workers at once: the runs they were running are not stored, so a resume redoes them."""
+        # a process pool's workers (a private attribute: read defensively)
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
         self.executor.shutdown(wait=not cancel, cancel_futures=cancel)
+        if cancel:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in processes:
+                process.join(timeout=5)
         for closer in self._closers:
             closer()
 
@@ -102,6 +112,9 @@ def start_worker(channel, parent: int | None = None) -> None:
     from prunus.study import runs
 
     runs.WORKER_CHANNEL = channel
+    # Ctrl-C reaches the whole process group: only the study process handles it (it stops
+    # the pool); a worker that died of it would make its run look failed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent is not None:
         die_with_parent(parent)
 

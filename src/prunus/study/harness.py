@@ -53,6 +53,45 @@ class StudyResult:
     verdicts: list[str] = field(default_factory=list)
     seconds: float = 0.0
     answers: list[str] = field(default_factory=list)
+    failure: str = ""  # the first failed run's reason
+    score_tables: int = 0  # score tables computed now
+    failed_score_tables: int = 0
+    score_failure: str = ""  # the first failed score table's reason
+
+    @property
+    def all_failed(self) -> bool:
+        """Every run of the study failed: it answers nothing."""
+        return self.runs > 0 and self.failed >= self.runs
+
+    @property
+    def all_scoring_failed(self) -> bool:
+        """Every score table computed now failed: no scored policy was tested."""
+        return self.score_tables > 0 and self.failed_score_tables >= self.score_tables
+
+    def failure_sentence(self) -> str:
+        """One sentence saying what failed when the study answers nothing, else ``""``."""
+        if self.all_failed:
+            return (f"all {self.runs} runs of the study failed ({self.failure.rstrip('.')}); "
+                    f"see {self.report}.")
+        if self.all_scoring_failed:
+            tables = "the score table" if self.score_tables == 1 else \
+                f"all {self.score_tables} score tables"
+            reason = self.score_failure.removeprefix("scoring failed: ").rstrip(".")
+            return (f"{tables} failed ({reason}), so no scored policy "
+                    f"was tested; see {self.report}.")
+        return ""
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """The study was interrupted (Ctrl-C): finished runs are stored and the report covers
+    them; ``prunus study CONFIG --out DIR --resume`` runs the rest."""
+
+    def __init__(self, out: Path, finished: int, runs: int, report: Path | None) -> None:
+        super().__init__(f"interrupted with {finished} of {runs} runs finished")
+        self.out = out
+        self.finished = finished
+        self.runs = runs
+        self.report = report
 
 
 def run_study(
@@ -108,8 +147,13 @@ def run_study(
     backend = make_backend(executor, workers, execution.threads, display.event,
                            execution.ray_address)
     display.start(todo, pending_jobs, already=len(runs) - len(todo))
+    failed_scores: dict[str, str] = {}
     try:
-        schedule(backend, store, todo, pending_jobs, scores, display)
+        schedule(backend, store, todo, pending_jobs, scores, display, failed_scores)
+    except KeyboardInterrupt:
+        display.stop()
+        backend.close(cancel=True)
+        raise interrupted(store, len(runs)) from None
     except BaseException:
         display.stop()
         backend.close(cancel=True)
@@ -122,17 +166,38 @@ def run_study(
     store.consolidate()
     report = write_report(store)
     failed = sum(len(summary.failures) for summary in report.summaries)
+    failure = next((reason for summary in report.summaries
+                    for reason in summary.failures.values()), "")
     return StudyResult(store.root, report.path, len(runs), len(todo), failed, report.verdicts,
-                       time.perf_counter() - start, report.answers)
+                       time.perf_counter() - start, report.answers, failure=failure,
+                       score_tables=len(pending_jobs), failed_score_tables=len(failed_scores),
+                       score_failure=next(iter(failed_scores.values()), ""))
+
+
+def interrupted(store: StudyStore, runs: int) -> StudyInterrupted:
+    """After Ctrl-C: the finished runs consolidated and reported (best effort: a second
+    Ctrl-C or a failing write leaves the per-run files, which a resume reads)."""
+    finished = len(store.finished_run_ids())
+    report = None
+    try:
+        store.consolidate()
+        if finished:
+            from prunus.study.report import write_report
+
+            report = write_report(store).path
+    except (Exception, KeyboardInterrupt):  # noqa: BLE001 - the interrupt is what matters
+        report = None
+    return StudyInterrupted(store.root, finished, runs, report)
 
 
 def schedule(backend, store: StudyStore, todo: list[RunSpec], jobs: list[ScoreJob],
-             scores: dict[str, tuple[Any, float, float]], display: StudyProgress) -> None:
+             scores: dict[str, tuple[Any, float, float]], display: StudyProgress,
+             failed_scores: dict[str, str] | None = None) -> None:
     """Keep up to ``backend.capacity`` tasks in flight, score tables first; store each result
-    as it arrives."""
+    as it arrives. Score tables that fail are recorded in ``failed_scores`` (key: reason)."""
     waiting_jobs = list(jobs)
     waiting_runs = list(todo)
-    failed_scores: dict[str, str] = {}
+    failed_scores = {} if failed_scores is None else failed_scores
     in_flight: dict[Future, tuple[str, Any]] = {}
 
     in_flight_ids: set[str] = set()
