@@ -44,6 +44,8 @@ def test_train_json_on_digits(capsys):
         (["train", "--dataset", "digits", "--noise", "1.5"], "noise"),
         (["datasets", "show", "digits", "-o", "colour=red"], "option of dataset"),
         (["datasets", "show", "digits", "-o", "oops"], "name=value"),
+        (["train", "--dataset", "digits", "--keep", "0.5"], "--keep applies only with --online"),
+        (["train", "--dataset", "digits", "--subset", "missing.parquet"], "does not exist"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(args, message, capsys):
@@ -73,3 +75,22 @@ def test_package_exports_match_its_lazy_names():
     import prunus
 
     assert set(prunus.__all__) == prunus._SUBMODULES | set(prunus._SHORTCUTS) | {"__version__"}
+
+
+def test_train_on_a_selection_and_refuse_one_made_on_other_data(tmp_path, capsys):
+    data = ["--dataset", "mnist1d", "-o", "train_size=400", "-o", "test_size=100"]
+    scores, keep = str(tmp_path / "s.parquet"), str(tmp_path / "k.parquet")
+    assert invoke("score", *data, "--model", "mlp", "--method", "loss", "--seeds", "1",
+                  "--epochs", "1", "--out", scores) == 0
+    assert invoke("select", scores, "--keep", "0.3", "--out", keep) == 0
+    capsys.readouterr()
+    assert invoke("train", *data, "--model", "mlp", "--epochs", "1", "--subset", keep,
+                  "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dataset"]["train"] == 120
+    assert result["epochs"][0]["examples_backpropagated"] == 120
+    other = ["--dataset", "mnist1d", "-o", "train_size=500", "-o", "test_size=100"]
+    assert invoke("train", *other, "--model", "mlp", "--epochs", "1", "--subset", keep) == 2
+    assert "made on other data" in capsys.readouterr().err
+    assert invoke("train", *data, "--epochs", "1", "--subset", scores) == 2
+    assert "is not a prunus selection" in capsys.readouterr().err

@@ -54,6 +54,24 @@ def test_unknown_key_and_unknown_method_are_named():
     assert "select" in error_of(base(policies=[{"score": "el2n", "select": "hardst"}]))
 
 
+def test_score_policy_settings_and_proxy_length_are_checked():
+    message = error_of(base(policies=[{"score": "el2n", "options": {"bogus": 1}}]))
+    assert message.startswith("policies[0].options does not apply to a score policy")
+    assert "proxy.options" in message and "bogus" in message
+    message = error_of(base(train={"epochs": 2}, policies=[{"score": "el2n",
+                                                             "proxy": {"epochs": 5}}]))
+    assert message.startswith("policies[0].proxy.epochs must be at most the training epochs (2)")
+    ok = base(train={"epochs": 2}, policies=[{"score": "el2n", "proxy": {"epochs": 5},
+                                               "train": {"epochs": 6}}])
+    assert parse_config(ok).policies[0].proxy.epochs == 5
+
+
+def test_numbers_written_as_strings_are_refused():
+    assert error_of(base(keep=["0.5"])) == (
+        "keep[0] must be a number written without quotes (got '0.5').")
+    assert error_of(base(train={"epochs": "3"})).startswith("train.epochs must be an integer")
+
+
 def test_settings_are_tried_at_validation():
     message = error_of(base(policies=[{"online": "rs2", "options": {"bogus": 1}}]))
     assert message.startswith("policies[0].options:") and "bogus" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -97,7 +98,9 @@ def train(
     seed: int = typer.Option(0, min=0),
     device: str = typer.Option("auto"),
     online: str | None = typer.Option(None, help="online data selection method (e.g. rs2)"),
-    keep: float = typer.Option(1.0, help="fraction of data kept per epoch by --online"),
+    keep: float | None = typer.Option(None, help="fraction of data kept per epoch by --online"),
+    subset: Path | None = typer.Option(None, help="train on the ids of a selection "
+                                       "(.parquet written by 'prunus select --out')"),
     noise: float = typer.Option(0.0, help="symmetric label-noise rate"),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
@@ -115,13 +118,20 @@ def train(
          "schedule": schedule, "seed": seed, "device": device},
         "train",
     )
+    if keep is not None and not online:
+        raise PrunusError("--keep applies only with --online (e.g. --online rs2 --keep 0.3); "
+                          "to train on a fixed subset, pass --subset SELECTION.parquet.")
     data = load(dataset, noise=noise, **parse_options(option))
+    if subset is not None:
+        from prunus.data.table import read_selection
+
+        data = data.subset(read_selection(subset, data))
     net = build_model(model, data.input_shape, data.num_classes, seed=seed)
     callbacks = []
     if online:
         from prunus.data.online import get_online
 
-        callbacks.append(get_online(online, keep=keep, seed=seed))
+        callbacks.append(get_online(online, keep=1.0 if keep is None else keep, seed=seed))
     if not as_json:
         callbacks.append(RichProgress(console=err_console))
     result = Trainer(net, data, callbacks=callbacks, config=config).fit()

@@ -243,8 +243,10 @@ def _write_selection(path: Path, ids, labels, weights, selection: dict) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from prunus.data.table import SELECTION_KEY
+
     table = pa.table({"id": pa.array(ids), "label": pa.array(labels), "weight": pa.array(weights)})
-    table = table.replace_schema_metadata({b"prunus.selection": json.dumps(selection, default=str).encode()})
+    table = table.replace_schema_metadata({SELECTION_KEY: json.dumps(selection, default=str).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

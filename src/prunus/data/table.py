@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import pyarrow as pa
 
+    from prunus.datasets import Dataset
+
     from prunus.datasets.base import Dataset
 
 HIGHER_IS_HARDER = "higher_is_harder"
@@ -267,3 +269,46 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (set, tuple)):
         return list(value)
     return str(value)
+
+
+SELECTION_KEY = b"prunus.selection"
+
+
+def read_selection(path: str | os.PathLike, dataset: Dataset | None = None) -> np.ndarray:
+    """The ids of a selection written by ``prunus select --out`` (a Parquet file with an ``id``
+    column and the selection's settings in its metadata).
+
+    With ``dataset``, the selection must have been made on it (same fingerprint) and every id
+    must be one of its training ids.
+
+    Raises:
+        PrunusError: the file is missing, unreadable, not a selection, or made on other data.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrunusError(f"selection {str(path)!r} does not exist.")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise PrunusError(f"selection {str(path)!r} is not a readable Parquet file ({exc}).") from None
+    raw = (table.schema.metadata or {}).get(SELECTION_KEY)
+    if raw is None or "id" not in table.column_names:
+        raise PrunusError(f"selection {str(path)!r} is not a prunus selection (it needs an id "
+                          "column and prunus metadata; make one with prunus select --out).")
+    ids = table.column("id").to_numpy()
+    if dataset is None:
+        return ids
+    made_on = (json.loads(raw).get("dataset") or {}).get("fingerprint")
+    if made_on is not None and made_on != dataset.fingerprint:
+        raise PrunusError(
+            f"selection {str(path)!r} was made on other data (fingerprint {made_on}, this "
+            f"dataset's is {dataset.fingerprint}); select again on this dataset."
+        )
+    missing = np.setdiff1d(ids, dataset.ids)
+    if len(missing):
+        raise PrunusError(f"selection {str(path)!r} names {len(missing)} ids that are not in "
+                          f"the dataset (e.g. {int(missing[0])}).")
+    return ids

@@ -320,6 +320,8 @@ class StudyConfig(StrictModel):
                                 policy.negatives)
             else:
                 check_method(policy, where, self.keeps_of(policy), self.sparsities_of(policy))
+            if policy.kind == "static":
+                check_static(policy, where, self.train.epochs)
             if policy.kind == "weights" and not (policy.sparsity or self.sparsity):
                 raise PolicyError(f"{where}.sparsity must list at least one sparsity in (0, 1) "
                                   "(or set the study's sparsity list).")
@@ -393,9 +395,12 @@ def load_config(path: str | Path) -> StudyConfig:
 
 
 def parse_config(values: dict[str, Any], source: str = "config") -> StudyConfig:
-    """Validate a study given as a dict (what ``tomllib`` returns)."""
+    """Validate a study given as a dict (what ``tomllib`` returns).
+
+    Strict: a number written as a string (``keep = ["0.5"]``) is refused, not converted.
+    """
     try:
-        return StudyConfig(**values)
+        return StudyConfig.model_validate(values, strict=True)
     except ValidationError as exc:
         raise PrunusError(describe_error(exc, source)) from None
     except PolicyError as exc:  # raised outside pydantic's wrapping in some versions
@@ -423,6 +428,9 @@ def describe_error(exc: ValidationError, source: str = "config") -> str:
         return f"{field}: {message} (got {got!r})."
     if kind == "value_error":
         return f"{field} {message}."
+    if kind in ("float_type", "int_type", "bool_type") and isinstance(got, str):
+        wanted = {"float_type": "a number", "int_type": "an integer", "bool_type": "true or false"}
+        return f"{field} must be {wanted[kind]} written without quotes (got {got!r})."
     return f"{field}: {message} (got {short(got)})."
 
 
@@ -514,6 +522,21 @@ def check_method(policy: PolicyConfig, where: str, keeps: list[float],
         for sparsity in sparsities:
             dry_run(f"{where}.options", plugins.sparsifier, policy.weights, sparsity, 0,
                     **policy.options)
+
+
+def check_static(policy: PolicyConfig, where: str, study_epochs: int) -> None:
+    """A score policy's settings live in ``proxy``; its proxy runs fit inside a training run."""
+    if policy.options:
+        raise PolicyError(
+            f"{where}.options does not apply to a score policy; put the score method's "
+            f"settings in {where}.proxy.options (got {sorted(policy.options)})."
+        )
+    epochs = policy.train.get("epochs", study_epochs)
+    if policy.proxy.epochs is not None and policy.proxy.epochs > epochs:
+        raise PolicyError(
+            f"{where}.proxy.epochs must be at most the training epochs ({epochs}): proxy runs "
+            f"are the first epochs of a training run (got {policy.proxy.epochs})."
+        )
 
 
 def check_negatives(field: str, shared: dict[str, Any], options: dict[str, Any],
