@@ -9,7 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunus.data import SELECT_POLICIES, ScoreTable, select
-from prunus.data.select import ccs_bin_counts, class_quotas
+import warnings
+
+from prunus.counts import fraction_count
+from prunus.data.select import TieWarning, ccs_bin_counts, class_quotas, tie_keys
 from prunus.errors import PrunusError
 
 
@@ -36,16 +39,21 @@ def tables(draw):
        stratify=st.booleans(), seed=st.integers(0, 3))
 def test_exact_counts_and_class_shares(table, fraction, policy, stratify, seed):
     n = len(table)
-    if fraction == 0.0 or np.floor(fraction * n + 1e-9) < 1:
+    if fraction == 0.0 or fraction_count(fraction, n) < 1:
         with pytest.raises(PrunusError, match="fraction"):
             select(table, fraction, policy)
         return
-    k = int(np.floor(fraction * n + 1e-9))
-    ids = select(table, fraction, policy, stratify=stratify, seed=seed)
+    k = fraction_count(fraction, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TieWarning)  # drawn scores may tie a lot
+        ids = select(table, fraction, policy, stratify=stratify, seed=seed)
     assert len(ids) == k
     assert len(np.unique(ids)) == k and np.isin(ids, table.ids).all()
     assert np.all(np.diff(ids) > 0)
-    np.testing.assert_array_equal(ids, select(table, fraction, policy, stratify=stratify, seed=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TieWarning)
+        again = select(table, fraction, policy, stratify=stratify, seed=seed)
+    np.testing.assert_array_equal(ids, again)
     if stratify:
         kept = np.isin(table.ids, ids)
         for c in np.unique(table.labels):
@@ -78,11 +86,83 @@ def test_hardest_easiest_band_by_hand():
         select(table, 0.5, "band", skip_hardest=0.6)
 
 
-def test_lower_is_harder_and_ties_by_id():
+def test_lower_is_harder_and_ties_broken_at_random():
     table = make_table([1.0, -2.0, 0.0, -2.0, 3.0], direction="lower_is_harder")
-    np.testing.assert_array_equal(select(table, 0.4, "hardest"), [101, 103])
-    np.testing.assert_array_equal(select(table, 0.2, "hardest"), [101])  # tie: lower id first
+    np.testing.assert_array_equal(select(table, 0.4, "hardest"), [101, 103])  # no tie at the cut
     np.testing.assert_array_equal(select(table, 0.2, "easiest"), [104])
+    # one of the two tied hardest (-2.0) is kept: which one depends on the seed, not on the id
+    with pytest.warns(TieWarning):
+        picks = {int(select(table, 0.2, "hardest", seed=seed)[0]) for seed in range(20)}
+    assert picks == {101, 103}
+
+
+def test_random_tie_break_by_hand():
+    # ids 100..119: 4 clear scores, then 16 examples tied at 0
+    scores = np.array([9.0, 8.0, 7.0, 6.0] + [0.0] * 16)
+    table = make_table(scores)
+    clear = {100, 101, 102, 103}
+    with pytest.warns(TieWarning):
+        a = select(table, 0.5, "hardest", seed=0)
+    assert len(a) == 10 and clear <= set(a.tolist())  # non-tied examples: decided by score
+    # the 6 tied ones kept are those with the lowest keys among the tied ones
+    tied_ids = table.ids[4:]
+    expected = tied_ids[np.argsort(tie_keys(tied_ids, 0), kind="stable")[:6]]
+    np.testing.assert_array_equal(np.setdiff1d(a, list(clear)), np.sort(expected))
+    with pytest.warns(TieWarning):
+        same = select(table, 0.5, "hardest", seed=0)
+        other = select(table, 0.5, "hardest", seed=1)
+    np.testing.assert_array_equal(a, same)  # same seed → same selection
+    assert not np.array_equal(a, other) and clear <= set(other.tolist())  # different seed → different
+    # row order of the table does not matter, only (seed, id)
+    order = np.random.default_rng(0).permutation(20)
+    shuffled = make_table(scores[order], ids=table.ids[order])
+    with pytest.warns(TieWarning):
+        np.testing.assert_array_equal(select(shuffled, 0.5, "hardest", seed=0), a)
+    # easiest and band also draw among the tied, never past a clearer example
+    with pytest.warns(TieWarning):
+        easy = select(table, 0.25, "easiest", seed=3)
+    assert not clear & set(easy.tolist()) and len(easy) == 5
+
+
+def test_mostly_zero_score_hardest_half_is_not_the_first_half_of_the_file():
+    n = 1000
+    scores = np.zeros(n)
+    scores[np.random.default_rng(1).choice(n, 80, replace=False)] = np.arange(1, 81)  # 92% are 0
+    table = make_table(scores, ids=np.arange(n))
+    with pytest.warns(TieWarning, match=r"420 of the 500 examples kept by 'hardest' \(84%\)"):
+        ids = select(table, 0.5, "hardest", stratify=False)
+    assert len(ids) == 500 and np.isin(np.flatnonzero(scores > 0), ids).all()
+    tied_kept = np.setdiff1d(ids, np.flatnonzero(scores > 0))
+    assert 150 < (tied_kept < 500).sum() < 270  # about half from each half of the file, not all
+
+
+def test_tie_warning_threshold():
+    # 10 examples kept; boundary ties decide 1 of them (10%): no warning; 2 (20%): warning
+    base = np.arange(20, 0, -1, dtype=float)  # distinct, ids 100..119 hardest first
+    one = base.copy()
+    one[9] = one[10]  # ranks 9 and 10 tie across the cut: 1 kept decided by the tie
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TieWarning)
+        assert len(select(make_table(one), 0.5, "hardest")) == 10
+        assert len(select(make_table(np.zeros(20)), 1.0, "hardest")) == 20  # all kept: no tie decides
+    two = base.copy()
+    two[8:11] = two[10]  # ranks 8, 9, 10 tie: 2 kept decided by the tie
+    with pytest.warns(TieWarning, match="2 of the 10"):
+        select(make_table(two), 0.5, "hardest")
+    assert issubclass(TieWarning, UserWarning)
+
+
+def test_rounding_goes_through_fraction_count():
+    from prunus.weights.allocate import layer_counts
+
+    # 0.29·100 = 28.999… in binary floating point: still 29 kept
+    assert len(select(make_table(np.arange(100.0)), 0.29, "hardest")) == 29
+    # band skip and ccs drop use the same rule: 0.29·100 skipped is 29
+    band = select(make_table(np.arange(100.0)), 0.1, "band", skip_hardest=0.29, stratify=False)
+    np.testing.assert_array_equal(band - 100, np.arange(61, 71))
+    # a minimum density rounds up as written: 0.07·100 is 7 weights, not 8 (7.000…01)
+    counts = layer_counts([(10, 10), (10, 90)], 0.93, "uniform", min_density=0.07)
+    assert counts[0] == 7 and sum(counts) == 70
 
 
 def test_stratified_hardest_keeps_the_top_of_each_class():

@@ -1,23 +1,34 @@
 """Static selection: keep a fixed budget of training examples chosen from a score table.
 
-Every policy keeps exactly ``k = ⌊fraction · N⌋`` examples (``fraction · N`` is rounded down after
-adding 1e-9, so that 0.29 · 100 keeps 29 and not 28 because of binary floating point).
+Every policy keeps exactly ``k = ⌊fraction · N⌋`` examples, with the one rounding rule of
+:func:`prunus.counts.fraction_count` (the fraction taken as the decimal it is written as, so that
+0.29 · 100 keeps 29 and not 28 because of binary floating point); the shares skipped by ``band``
+and dropped by ``ccs`` use the same rule.
 
 With ``stratify=True`` (the default) each class keeps its share of the budget: class ``c`` with
-``n_c`` examples gets ``⌊k · n_c / N⌋``, and the examples still missing to reach ``k`` go one each
-to the classes with the largest remainders ``k · n_c / N − ⌊k · n_c / N⌋`` (ties: the larger class
-first, then the lower class index). The policy then runs inside each class with that quota.
+``n_c`` examples gets ``⌊k · n_c / N⌋`` (exact integer arithmetic), and the examples still missing
+to reach ``k`` go one each to the classes with the largest remainders ``k · n_c / N − ⌊k · n_c / N⌋``
+(ties: the larger class first, then the lower class index). The policy then runs inside each
+class with that quota.
 
-Ties between equal scores are broken by example id (the lower id counts as harder), so the same
-table, fraction, policy and seed always give the same ids.
+Ties between equal scores are broken at random: each example gets a pseudo-random key from
+``(seed, id)`` (so the same table, fraction, policy and seed always give the same ids, in any row
+order), and among equal scores the key decides. Breaking ties by id would turn "the hardest 50%"
+of a score that is 0 for most examples into "the first ids of the file". When more than
+``TIE_WARNING_SHARE`` (10%) of the kept set is decided by ties (kept examples whose score equals
+a boundary score that also has examples left out), :func:`select` warns with a
+:class:`TieWarning`: that part of the selection is random, not chosen by the score.
 """
 
 from __future__ import annotations
 
+import warnings
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from prunus.counts import fraction_count
 from prunus.errors import PrunusError, choice_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,6 +36,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from prunus.datasets.base import Dataset
 
 SELECT_POLICIES = ("hardest", "easiest", "band", "ccs", "random")
+TIE_WARNING_SHARE = 0.10
+
+__all__ = [
+    "SELECT_POLICIES", "TIE_WARNING_SHARE", "TieWarning", "ccs_bin_counts", "class_quotas",
+    "keep_count", "select", "tie_keys",
+]
+
+
+class TieWarning(UserWarning):
+    """Much of a selection was decided by breaking score ties at random, not by the score."""
 
 
 def select(
@@ -62,7 +83,8 @@ def select(
         fraction: share of the examples to keep, in (0, 1].
         policy: one of ``SELECT_POLICIES``. Default ``"hardest"``.
         stratify: keep each class's share of the budget. Default True.
-        seed: seed of the random draws (``ccs``, ``random``). Default 0.
+        seed: seed of the random draws (``ccs``, ``random``) and of the random tie-breaking
+            between equal scores (every policy). Default 0.
         column: score column to use (default: the table's main score).
         dataset: when given, the table's dataset fingerprint must match it.
         skip_hardest: ``band`` only: fraction of the hardest examples skipped before the band.
@@ -78,6 +100,10 @@ def select(
     Raises:
         PrunusError: ``fraction`` outside (0, 1] or keeping no example, unknown ``policy`` or
             ``column``, bad ``beta``/``bins``/``skip_hardest``, or a fingerprint mismatch.
+
+    Warns:
+        TieWarning: more than ``TIE_WARNING_SHARE`` of the kept examples were chosen among
+            examples tied at a boundary score (``hardest``, ``easiest``, ``band``).
     """
     if policy not in SELECT_POLICIES:
         raise choice_error("policy", policy, SELECT_POLICIES)
@@ -87,7 +113,7 @@ def select(
         raise PrunusError(f"beta must be in [0, 1) (got {beta!r}).")
     if int(bins) != bins or bins < 1:
         raise PrunusError(f"bins must be a positive integer (got {bins!r}).")
-    if skip_hardest is not None and not 0.0 <= skip_hardest <= 1.0 - fraction + 1e-9:
+    if skip_hardest is not None and not 0 <= Fraction(str(float(skip_hardest))) <= 1 - Fraction(str(float(fraction))):
         raise PrunusError(
             f"skip_hardest must be in [0, 1 − fraction] = [0, {1 - fraction:.4g}] (got {skip_hardest!r})."
         )
@@ -104,16 +130,27 @@ def select(
         else [np.arange(n)]
     )
     quotas = class_quotas(np.array([len(g) for g in groups]), budget)
-    rows, weights = [], []
+    keys = tie_keys(table.ids, seed)
+    rows, weights, tied = [], [], 0
     for group, quota in zip(groups, quotas):
         if quota == 0:
             continue
-        picked, w = _select_group(
-            policy, hardness[group], table.ids[group], int(quota), rng,
+        picked, w, t = _select_group(
+            policy, hardness[group], keys[group], int(quota), rng,
             skip_hardest, beta, int(bins),
         )
         rows.append(group[picked])
         weights.append(w)
+        tied += t
+    if tied > TIE_WARNING_SHARE * budget:
+        warnings.warn(
+            f"{tied} of the {budget} examples kept by {policy!r} ({tied / budget:.0%}) were drawn at "
+            f"random (seed {seed}) among examples whose score {column or table.column!r} ties at the "
+            "cut-off, so the score does not decide them; compare seeds to see how much this "
+            "matters, or use a score with fewer ties.",
+            TieWarning,
+            stacklevel=2,
+        )
     rows = np.concatenate(rows)
     weights = np.concatenate(weights)
     order = np.argsort(table.ids[rows], kind="stable")
@@ -132,7 +169,7 @@ def keep_count(fraction: float, n: int) -> int:
         raise PrunusError(f"fraction must be a number in (0, 1] (got {fraction!r}).") from None
     if not 0.0 < fraction <= 1.0:
         raise PrunusError(f"fraction must be in (0, 1] (got {fraction!r}).")
-    count = int(np.floor(fraction * n + 1e-9))
+    count = fraction_count(fraction, n)
     if count < 1:
         raise PrunusError(
             f"fraction {fraction!r} of {n} examples keeps none; fraction must be at least {1 / n:.3g}."
@@ -144,9 +181,8 @@ def class_quotas(class_sizes: np.ndarray, budget: int) -> np.ndarray:
     """Split ``budget`` over classes in proportion to ``class_sizes`` with the largest-remainder
     rule (ties: larger class, then lower index); the quotas sum to ``budget`` exactly."""
     sizes = np.asarray(class_sizes, dtype=np.int64)
-    exact = budget * sizes / sizes.sum()
-    quotas = np.floor(exact + 1e-9).astype(np.int64)
-    remainder = exact - quotas
+    total = int(sizes.sum())
+    quotas, remainder = np.divmod(int(budget) * sizes, total)  # exact: no floating point
     missing = budget - int(quotas.sum())
     if missing > 0:
         order = np.lexsort((np.arange(len(sizes)), -sizes, -remainder))
@@ -168,31 +204,58 @@ def ccs_bin_counts(bin_sizes: np.ndarray, budget: int) -> np.ndarray:
     return counts
 
 
+def tie_keys(ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Pseudo-random uint64 keys from ``(seed, id)`` (SplitMix64): the tie-break order of
+    equal scores, the same for an id whatever the row order of the table."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(ids).astype(np.uint64) + np.uint64((int(seed) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
+        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            z = (z ^ (z >> np.uint64(shift))) * np.uint64(mult)
+        return z ^ (z >> np.uint64(31))
+
+
 def _select_group(
     policy: str,
     hardness: np.ndarray,
-    ids: np.ndarray,
+    keys: np.ndarray,
     quota: int,
     rng: np.random.Generator,
     skip_hardest: float | None,
     beta: float,
     bins: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (within the group) of the ``quota`` kept examples, and their weights."""
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Positions (within the group) of the ``quota`` kept examples, their weights, and how many
+    of them were decided by a tie at a boundary."""
     n = len(hardness)
     ones = np.ones(quota)
     if policy == "random":
-        return rng.choice(n, size=quota, replace=False), ones
-    ranking = np.lexsort((ids, -hardness))  # hardest first; ties: lower id first
+        return rng.choice(n, size=quota, replace=False), ones, 0
+    ranking = np.lexsort((keys, -hardness))  # hardest first; ties: random key order
     if policy == "hardest":
-        return ranking[:quota], ones
+        return ranking[:quota], ones, _tied(hardness, ranking, 0, quota)
     if policy == "easiest":
-        return ranking[n - quota :], ones
+        return ranking[n - quota :], ones, _tied(hardness, ranking, n - quota, n)
     if policy == "band":
-        share = (1.0 - quota / n) / 2 if skip_hardest is None else skip_hardest
-        start = min(int(np.floor(share * n + 1e-9)), n - quota)
-        return ranking[start : start + quota], ones
-    return _ccs(hardness, ranking, quota, rng, beta, bins)
+        skip = (n - quota) // 2 if skip_hardest is None else fraction_count(skip_hardest, n)
+        start = min(skip, n - quota)
+        return ranking[start : start + quota], ones, _tied(hardness, ranking, start, start + quota)
+    picked, weights = _ccs(hardness, ranking, quota, rng, beta, bins)
+    return picked, weights, 0
+
+
+def _tied(hardness: np.ndarray, ranking: np.ndarray, start: int, stop: int) -> int:
+    """Kept examples (``ranking[start:stop]``) decided by a tie: those whose score equals a
+    boundary score that also occurs outside the kept slice."""
+    ordered = hardness[ranking]
+    kept, tied = ordered[start:stop], 0
+    boundaries = set()
+    if start > 0 and ordered[start - 1] == ordered[start]:
+        boundaries.add(ordered[start])
+    if stop < len(ordered) and ordered[stop] == ordered[stop - 1]:
+        boundaries.add(ordered[stop - 1])
+    for value in boundaries:
+        tied += int((kept == value).sum())
+    return tied
 
 
 def _ccs(
@@ -204,7 +267,7 @@ def _ccs(
     bins: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     n = len(hardness)
-    dropped = min(int(np.floor(beta * n + 1e-9)), n - quota)
+    dropped = min(fraction_count(beta, n), n - quota)
     pool = ranking[dropped:]
     values = hardness[pool]
     low, high = values.min(), values.max()

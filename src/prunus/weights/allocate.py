@@ -50,18 +50,18 @@ def layer_counts(
     Raises:
         PrunusError: unknown allocation, or a ``min_density`` the budget cannot meet.
     """
-    from prunus.weights.masks import pruned_count
+    from prunus.counts import fraction_count
 
     if allocation not in ALLOCATIONS:
         raise choice_error("allocation", allocation, ALLOCATIONS)
     sizes = [math.prod(s) for s in shapes]
     total = sum(sizes)
-    kept = total - pruned_count(sparsity, total)
+    kept = total - fraction_count(sparsity, total)
     if allocation == "uniform":
         weights = [float(n) for n in sizes]
     else:
         weights = [float(sum(s)) for s in shapes]
-    lower = [min(n, math.ceil(min_density * n)) for n in sizes]
+    lower = [min(n, fraction_count(min_density, n, up=True)) for n in sizes]
     return distribute(kept, weights, lower, sizes)
 
 
@@ -176,7 +176,7 @@ def allocate(
     Raises:
         PrunusError: unknown scope/allocation, or an infeasible ``min_density``.
     """
-    from prunus.weights.masks import pruned_count
+    from prunus.counts import fraction_count
 
     if scope not in SCOPES:
         raise choice_error("scope", scope, SCOPES)
@@ -186,8 +186,8 @@ def allocate(
     if allocation not in ALLOCATIONS:
         raise choice_error("allocation", allocation, ALLOCATIONS)
     sizes = [math.prod(s) for s in shapes]
-    kept = sum(sizes) - pruned_count(sparsity, sum(sizes))
-    minimum = [min(n, math.ceil(min_density * n)) for n in sizes]
+    kept = sum(sizes) - fraction_count(sparsity, sum(sizes))
+    minimum = [min(n, fraction_count(min_density, n, up=True)) for n in sizes]
     if sum(minimum) > kept:
         raise PrunusError(
             f"min_density={min_density} keeps more weights than sparsity={sparsity} allows; "

@@ -19,7 +19,8 @@ import torch
 
 from prunus.errors import PrunusError
 from prunus.weights.allocate import keep_top, layer_counts
-from prunus.weights.masks import apply, masks_of, pruned_count
+from prunus.counts import fraction_count
+from prunus.weights.masks import apply, masks_of
 from prunus.weights.schedules import Sparsifier, gmp_sparsity
 
 
@@ -270,7 +271,7 @@ class GraNet(DynamicSparsity):
 
     def _gradual(self, state) -> None:
         goal = self.goal(state.step)
-        if pruned_count(goal, self.prunable) > self.pruned(state.model):
+        if fraction_count(goal, self.prunable) > self.pruned(state.model):
             self.prune_to(state, goal, "magnitude", scope=self.prune_scope)
 
 

@@ -25,7 +25,6 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -139,11 +138,6 @@ def prunable_weights(
     if not found:
         raise PrunusError("the model has no prunable layer (linear or convolution weights).")
     return found
-
-
-def pruned_count(sparsity: float, n: int) -> int:
-    """⌊sparsity·n⌋ with ``sparsity`` taken as the decimal it is written as (0.29·100 = 29)."""
-    return int(Fraction(str(float(sparsity))) * n)
 
 
 def check_sparsity(sparsity: float, field: str = "sparsity") -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prunus.counts import fraction_count
 from prunus.errors import PrunusError, choice_error
 from prunus.weights.allocate import ALLOCATIONS, SCOPES, allocate
 from prunus.weights.criteria import CRITERIA, score
@@ -13,7 +14,6 @@ from prunus.weights.masks import (
     apply,
     masks_of,
     prunable_weights,
-    pruned_count,
 )
 from prunus.weights.nm import nm_masks, nm_targets, parse_pattern, pattern_sparsity
 
@@ -110,7 +110,7 @@ def prune(
         apply(model, masks, optimizer)
     pruned = sum(int((~m).sum()) for m in masks.values())
     if nm is None:
-        assert pruned == pruned_count(sparsity, total), (pruned, sparsity, total)
+        assert pruned == fraction_count(sparsity, total), (pruned, sparsity, total)
     return masks
 
 

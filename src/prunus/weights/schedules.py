@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from prunus.counts import fraction_count
 from prunus.errors import PrunusError
 from prunus.train.events import Callback
 from prunus.weights.masks import (
@@ -27,7 +28,6 @@ from prunus.weights.masks import (
     masks_of,
     plain_state,
     prunable_weights,
-    pruned_count,
     zero_pruned,
 )
 from prunus.weights.nm import pattern_sparsity
@@ -257,7 +257,7 @@ class GradualMagnitude(Sparsifier):
         if state.step < self.t0:
             return
         goal = self.target(state.step)
-        if pruned_count(goal, self.prunable) > self.pruned(state.model):
+        if fraction_count(goal, self.prunable) > self.pruned(state.model):
             self.prune_to(state, goal, self.method)
 
 

@@ -141,7 +141,7 @@ def channel_masks(
     :class:`ChannelMask`, so the channel outputs exactly 0 (train or eval mode) and the
     consumer sees zeros — the function of the smaller model. Returns producer -> keep vector.
     """
-    from prunus.weights.masks import pruned_count
+    from prunus.counts import fraction_count
 
     if not 0.0 <= float(amount) < 1.0:
         raise PrunusError(f"amount must be a fraction of channels in [0, 1) (got {amount!r}).")
@@ -156,7 +156,7 @@ def channel_masks(
     keeps = {}
     for g in groups:
         s = scores[g.producer]
-        removed = min(pruned_count(amount, len(s)), len(s) - 1)
+        removed = min(fraction_count(amount, len(s)), len(s) - 1)
         order = torch.sort(s.float(), descending=True, stable=True).indices
         keep = torch.zeros(len(s), dtype=torch.bool)
         keep[order[: len(s) - removed]] = True
