@@ -153,7 +153,7 @@ def test_tie_warning_threshold():
 
 
 def test_rounding_goes_through_fraction_count():
-    from prunus.weights.allocate import layer_counts
+    from prunus.weights.allocation import layer_counts
 
     # 0.29·100 = 28.999… in binary floating point: still 29 kept
     assert len(select(make_table(np.arange(100.0)), 0.29, "hardest")) == 29

@@ -18,7 +18,7 @@ from torch.nn.utils import prune as torch_prune
 import prunus.weights as W
 from prunus.errors import PrunusError
 from prunus.models import build_model
-from prunus.weights.allocate import allocate, distribute, layer_counts
+from prunus.weights.allocation import allocate, distribute, layer_counts
 from prunus.weights.criteria import grasp, snip
 from prunus.weights.nm import is_nm, nm_mask
 

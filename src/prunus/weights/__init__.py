@@ -1,7 +1,7 @@
 """Which weights survive: score → allocate → keep, mirroring the data half.
 
 * score: :mod:`prunus.weights.criteria` (magnitude, random, gradient, SNIP, GraSP, SynFlow)
-* allocate: :mod:`prunus.weights.allocate` (global threshold or per-layer uniform/ERK counts,
+* allocate: :mod:`prunus.weights.allocation` (global threshold or per-layer uniform/ERK counts,
   minimum density per layer, exact totals by largest-remainder rounding)
 * keep: masks (:mod:`prunus.weights.masks`, parametrizations saved with safetensors) applied
   one-shot, gradually or iteratively (:mod:`prunus.weights.schedules`), with drop-and-regrow
@@ -17,31 +17,33 @@ Functional use::
 In training: ``Trainer(model, data, callbacks=[get_sparsifier("rigl", sparsity=0.9)])``.
 """
 
-from prunus.weights.allocate import allocate, erk_densities, layer_counts
-from prunus.weights.criteria import CRITERIA, score
-from prunus.weights.dst import SET, DynamicSparsity, GraNet, RigL, drop_and_regrow
-from prunus.weights.masks import (
-    Mask,
-    apply,
-    load,
-    masks_of,
-    prunable_weights,
-    remove,
-    save,
-    sparsity_report,
-    zero_pruned,
-)
-from prunus.weights.nm import nm_mask
-from prunus.weights.prune import prune
-from prunus.weights.registry import WEIGHT_METHODS, get_sparsifier
-from prunus.weights.schedules import (
-    GradualMagnitude,
-    LotteryTicket,
-    OneShot,
-    Sparsifier,
-    gmp_sparsity,
-)
-from prunus.weights.structured import channel_masks, prune_channels, remove_channels
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Importing this package is light (the CLI's start-up depends on it): torch-based parts load
+# on first use.
+_LAZY = {
+    "allocation": ("allocate", "erk_densities", "layer_counts"),
+    "criteria": ("CRITERIA", "score"),
+    "dst": ("SET", "DynamicSparsity", "GraNet", "RigL", "drop_and_regrow"),
+    "masks": ("Mask", "apply", "load", "masks_of", "prunable_weights", "remove", "save",
+              "sparsity_report", "zero_pruned"),
+    "nm": ("nm_mask",),
+    "pruning": ("prune",),
+    "registry": ("WEIGHT_METHODS", "get_sparsifier"),
+    "schedules": ("GradualMagnitude", "LotteryTicket", "OneShot", "Sparsifier", "gmp_sparsity"),
+    "structured": ("channel_masks", "prune_channels", "remove_channels"),
+}
+_HOME = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"prunus.weights.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'prunus.weights' has no attribute {name!r}")
+
 
 __all__ = [
     "CRITERIA",

@@ -31,7 +31,7 @@ from prunus.weights.masks import (
     zero_pruned,
 )
 from prunus.weights.nm import pattern_sparsity
-from prunus.weights.prune import prune
+from prunus.weights.pruning import prune
 
 
 def gmp_sparsity(

@@ -7,7 +7,7 @@ from torch import nn
 
 from prunus.counts import fraction_count
 from prunus.errors import PrunusError, choice_error
-from prunus.weights.allocate import ALLOCATIONS, SCOPES, allocate
+from prunus.weights.allocation import ALLOCATIONS, SCOPES, allocate
 from prunus.weights.criteria import CRITERIA, score
 from prunus.weights.masks import (
     Target,
@@ -42,7 +42,7 @@ def prune(
     SynFlow; see :mod:`prunus.weights.criteria`), allocates the budget (``scope="global"``: one
     threshold; ``"layer"``: per-layer counts from ``allocation`` = ``"uniform"`` or ``"erk"``),
     and keeps the best. Exactly ``⌊sparsity·N⌋`` of the ``N`` prunable weights are pruned
-    (rounding rule in :mod:`prunus.weights.allocate`). Weights that are already pruned stay
+    (rounding rule in :mod:`prunus.weights.allocation`). Weights that are already pruned stay
     pruned as long as the budget allows (a sparsity *below* the current one re-enables the
     best-scored pruned weights, at value 0). With ``iterations = k > 1`` the target is
     approached exponentially in ``k`` rounds, rescoring each time (density after round i:
