@@ -71,7 +71,7 @@ def warm_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
 
 class Mixed(nn.Module):
     """Linear, Conv1d (dilated; strided), BatchNorm, in-place ReLU, a Linear on a
-    sequence, a LayerNorm (torch.func fallback), a layer called twice and a Conv2d."""
+    sequence, a LayerNorm (hooked too), a layer called twice and a Conv2d."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from prunus.data.select import SELECT_POLICIES, select
+from prunus.data.select import SELECT_POLICIES, TieWarning, select
 
 SCORE_METHODS = (
     "loss",
@@ -38,4 +38,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'prunus.data' has no attribute {name!r}")
 
 
-__all__ = ["SCORE_METHODS", "SELECT_POLICIES", "ScoreTable", "score", "select"]
+__all__ = ["SCORE_METHODS", "SELECT_POLICIES", "ScoreTable", "TieWarning", "score", "select"]

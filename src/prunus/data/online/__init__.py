@@ -12,7 +12,7 @@ Each method has a functional form for your own loop and a callback for the prunu
 
 ``get_online(name, keep=..., seed=0, **settings)`` builds the callback by name; ``keep`` is the
 fraction of the data kept (per epoch for rs2; of the well-learned examples for infobatch; of
-each batch, in expectation, for selective_backprop; of each batch for rho_loss; reweight keeps
+all examples seen, in expectation, trained in full batches, for selective_backprop; of each batch for rho_loss; reweight keeps
 every example and accepts only keep=1).
 """
 

@@ -2,7 +2,7 @@
 ``dataset.ids``):
 
 - ``loss.py``: :func:`loss_scores`, :func:`el2n_scores`, :func:`uncertainty_scores`
-- ``grand.py``: :func:`grand_scores`, :func:`per_example_grad_norms` (exact, hook-based)
+- ``grand.py``: :func:`grand_scores`, :func:`per_example_grad_norms` (exact: per-layer hooks where every parameter is owned by a supported layer, else torch.func; refuses otherwise)
 - ``trajectory.py``: :class:`ForgettingEvents`, :class:`AreaUnderMargin`,
   :class:`DynamicUncertainty` (trainer callbacks) and their pure functions
 - ``prototypes.py``: :func:`prototype_scores`, :func:`kcenter_scores`, :func:`embeddings`
