@@ -104,3 +104,4 @@ def _import_bundled() -> None:
         bundled,  # noqa: F401
         pycode,  # noqa: F401
     )
+    from prunus.text import corpus  # noqa: F401  (stdlib, text)

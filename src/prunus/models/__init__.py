@@ -199,4 +199,7 @@ def resnet_tiny(input_shape: tuple[int, ...], num_classes: int, width: int = 16)
     return ResNetTiny(tuple(input_shape), num_classes, width=width)
 
 
+# Causal LMs (gpt_tiny, gpt_small, llama_tiny) register themselves; transformers loads on use.
+from prunus.text import lm as _lm  # noqa: E402, F401
+
 __all__ = ["build_model", "list_models", "register_model"]

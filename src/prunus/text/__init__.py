@@ -1,0 +1,44 @@
+"""Text for causal language models: corpora with stable document ids, tokenizers, small LMs.
+
+* :mod:`prunus.text.corpus` — the bundled ``stdlib`` corpus (this interpreter's standard-library
+  source, split by module, with a target-domain option) and ``text`` (your own files).
+* :mod:`prunus.text.tokenizer` — byte-level BPE trained locally and cached, per-document padded
+  sequences (for scoring) and packed blocks (for training), both keyed by document id.
+* :mod:`prunus.text.lm` — ``gpt_tiny``, ``gpt_small``, ``llama_tiny`` (Hugging Face
+  ``transformers`` models built from a config with a seed), per-token and per-document losses.
+
+Nothing heavy is imported here: ``transformers`` and ``tokenizers`` load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TextCorpus": "corpus",
+    "TextSplit": "corpus",
+    "load_stdlib": "corpus",
+    "load_text": "corpus",
+    "train_tokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    "tokenizer_cache_path": "tokenizer",
+    "document_sequences": "tokenizer",
+    "pack_blocks": "tokenizer",
+    "DocumentSequences": "tokenizer",
+    "PackedBlocks": "tokenizer",
+    "build_lm": "lm",
+    "check_lm_fits": "lm",
+    "token_losses": "lm",
+    "mean_token_loss": "lm",
+    "document_losses": "lm",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"prunus.text.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'prunus.text' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)
