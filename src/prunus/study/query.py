@@ -20,7 +20,6 @@ import pyarrow as pa
 from prunus.errors import PrunusError
 from prunus.study.store import StudyStore
 
-
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
 
 # Applied in this order before the user's SQL runs: the study's files stay readable, nothing
