@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from prunus.errors import PrunusError
+from prunus.files import atomic_write, check_writable
 
 scores_app = typer.Typer(help="Inspect and compare score tables.", no_args_is_help=True)
 
@@ -67,6 +68,7 @@ def score_command(
         raise choice_error("--method", method, SCORE_METHODS)
     if out.suffix != ".parquet":
         raise PrunusError(f"--out must end in .parquet (got {str(out)!r}).")
+    check_writable(out)
     data = load(dataset, noise=noise, **parse_options(option))
     settings = {"device": device}
     for name, value in (("lr", lr), ("optimizer", optimizer), ("schedule", schedule)):
@@ -126,6 +128,8 @@ def select_command(
     table = ScoreTable.read(table_path)
     if out is not None and out.suffix != ".parquet":
         raise PrunusError(f"--out must end in .parquet (got {str(out)!r}).")
+    if out is not None:
+        check_writable(out)
     data = None
     if dataset is not None:
         from prunus.datasets import load
@@ -237,8 +241,6 @@ def _summary(table, title: str) -> Table:
 
 
 def _write_selection(path: Path, ids, labels, weights, selection: dict) -> None:
-    import os
-    import tempfile
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -247,12 +249,4 @@ def _write_selection(path: Path, ids, labels, weights, selection: dict) -> None:
 
     table = pa.table({"id": pa.array(ids), "label": pa.array(labels), "weight": pa.array(weights)})
     table = table.replace_schema_metadata({SELECTION_KEY: json.dumps(selection, default=str).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,12 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from prunus.errors import PrunusError
+from prunus.files import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import pyarrow as pa
-
-    from prunus.datasets import Dataset
 
     from prunus.datasets.base import Dataset
 
@@ -207,16 +205,7 @@ class ScoreTable:
         path = Path(path)
         if path.suffix != ".parquet":
             raise PrunusError(f"score table path must end in .parquet (got {str(path)!r}).")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            pq.write_table(self.to_arrow(), tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: pq.write_table(self.to_arrow(), tmp))
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> ScoreTable:

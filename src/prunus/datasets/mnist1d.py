@@ -26,7 +26,6 @@ import hashlib
 import json
 import operator
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -35,6 +34,7 @@ import numpy as np
 
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError, require
+from prunus.files import atomic_write
 
 RECIPE_VERSION = 1
 BLOCK = 1000  # examples per independent random stream (a multiple of the 10 classes)
@@ -283,17 +283,13 @@ def _read_cache(path: Path, train_size: int, test_size: int) -> dict | None:
 
 def _write_cache(path: Path, arrays: dict) -> None:
     """Write to a temporary file in the same directory, then rename; never fails the load."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError:
+        atomic_write(path, write)
+    except PrunusError:
         pass  # an unwritable cache directory only costs the next load its generation time
 
 

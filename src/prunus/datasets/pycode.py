@@ -23,11 +23,9 @@ import ast
 import copy
 import hashlib
 import inspect
-import os
 import re
 import sys
 import sysconfig
-import tempfile
 import textwrap
 import tokenize
 from collections import defaultdict
@@ -40,6 +38,7 @@ import numpy as np
 from prunus.datasets.registry import register
 from prunus.datasets.retrieval import RetrievalDataset, RetrievalSplit
 from prunus.errors import PrunusError
+from prunus.files import atomic_write
 
 RECIPE_VERSION = 1
 SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
@@ -401,15 +400,7 @@ def _write_cache(path: Path, records: list[FunctionRecord]) -> None:
     import pyarrow.parquet as pq
 
     table = pa.table({c: [getattr(r, c) for r in records] for c in _COLUMNS})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _read_cache(path: Path) -> list[FunctionRecord]:

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from prunus.errors import PrunusError
+from prunus.files import check_writable
 from prunus.negatives.policy import fill_rows, take_rows
 
 negatives_app = typer.Typer(
@@ -57,6 +58,7 @@ def mine_command(
 
     if not str(out).endswith(".parquet"):
         raise PrunusError(f"--out must be a .parquet path (got {str(out)!r}).")
+    check_writable(out)
     span = parse_rank_range(rank_range)
     check_settings(k, span, margin, margin_kind, sampling)
     texts, docs, positives, groups = _mining_inputs(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 
 from prunus.errors import PrunusError, choice_error
+from prunus.files import atomic_write
 
 MARGIN_KINDS = ("absolute", "relative")
 SAMPLINGS = ("top", "random")
@@ -382,17 +381,7 @@ class MinedNegatives:
         """Write the table to ``path`` atomically (a temp file, then rename)."""
         import pyarrow.parquet as pq
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
-        os.close(fd)
-        try:
-            pq.write_table(self.to_table(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_write(path, lambda tmp: pq.write_table(self.to_table(), tmp))
 
     def to_hf(self):
         """A Hugging Face ``datasets.Dataset`` with columns query, positive, negative_1..k."""

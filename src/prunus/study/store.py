@@ -14,9 +14,7 @@ that was in flight left only a temporary file, which is removed and the run redo
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import platform
 import tomllib
 import uuid
@@ -27,10 +25,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prunus import files
 from prunus.errors import PrunusError
+from prunus.files import TEMP_PREFIX, reason
 from prunus.study.config import StudyConfig, parse_config, to_toml
-
-TEMP_PREFIX = ".tmp-"
 
 # One row per run × evaluation. Timing columns (``*_seconds``, ``peak_memory_mb``) are the only
 # ones that differ between two executions of the same study.
@@ -264,36 +262,12 @@ def rows_to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(temporary_path)``, then rename the result onto ``path`` (atomic on POSIX).
-
-    Raises:
-        PrunusError: the file could not be written (e.g. no space left); nothing is left behind.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise PrunusError(f"could not write {str(path)!r} ({reason(exc)}).") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """:func:`prunus.files.atomic_write`, fsynced: a resume trusts what is on disk."""
+    files.atomic_write(path, write, durable=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def reason(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "no space left on the device"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "permission denied"
-    return exc.strerror or str(exc)
 
 
 def versions() -> dict[str, str]:

@@ -37,6 +37,7 @@ def prune_command(
     from prunus.cli import console, err_console, parse_options
     from prunus.datasets import load
     from prunus.errors import PrunusError
+    from prunus.files import check_writable
     from prunus.models import build_model
     from prunus.train import Trainer
     from prunus.train.progress import RichProgress
@@ -45,6 +46,8 @@ def prune_command(
 
     if out is not None and out.suffix != ".safetensors":
         raise PrunusError(f"--out must end in .safetensors (got {str(out)!r}).")
+    if out is not None:
+        check_writable(out)
     settings = parse_options(setting, "--setting")
     nm = parse_pattern(pattern)
     if nm is not None:

@@ -17,9 +17,9 @@ import math
 
 import torch
 
+from prunus.counts import fraction_count
 from prunus.errors import PrunusError
 from prunus.weights.allocation import keep_top, layer_counts
-from prunus.counts import fraction_count
 from prunus.weights.masks import apply, masks_of
 from prunus.weights.schedules import Sparsifier, gmp_sparsity
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunus.errors import PrunusError
+from prunus.files import atomic_write
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -334,17 +334,7 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None
         tensors[f"{name}_mask"] = mask.to(torch.uint8).cpu().contiguous()
     info = {"format": "prunus.weights/1", "masks": json.dumps(sorted(masks))}
     info.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=info))
 
 
 def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -1,0 +1,93 @@
+"""Writing files safely: one atomic-write helper and one early writability check.
+
+Every file prunus writes (score tables, selections, masks, caches, study rows) goes through
+:func:`atomic_write`: the content is written to a hidden temporary file in the destination's
+directory, given the permissions the user's umask says (``mkstemp`` would leave 0600), then
+renamed onto the destination, so a reader never sees half a file and a failure leaves nothing.
+Commands call :func:`check_writable` on their outputs *before* training or scoring.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prunus.errors import PrunusError
+
+TEMP_PREFIX = ".tmp-"
+
+
+def default_mode() -> int:
+    """The mode a new file gets under the current umask (0o666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *,
+                 durable: bool = False) -> Path:
+    """Call ``write(temporary_path)``, then rename the result onto ``path`` (atomic on POSIX).
+
+    ``durable`` also fsyncs the file before the rename (study rows, which a resume trusts).
+
+    Raises:
+        PrunusError: the file could not be written (e.g. no space left); nothing is left behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.chmod(tmp, default_mode())
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PrunusError(f"could not write {str(path)!r} ({reason(exc)}).") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_writable(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Fail now, not after the work, if ``path`` cannot be written: its directory must exist or
+    be creatable and accept new files, and the path must not be a directory.
+
+    Raises:
+        PrunusError: naming ``flag`` and the reason.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise PrunusError(f"{flag} {str(path)!r} is a directory; give a file name.")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise PrunusError(f"{flag} {str(path)!r} cannot be written ({str(blocking)!r} is a "
+                          "file, not a directory).")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f"{TEMP_PREFIX}probe-{uuid.uuid4().hex[:8]}")
+        probe.write_bytes(b"")
+        probe.unlink()
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as exc:
+        raise PrunusError(f"{flag} {str(path)!r} cannot be written ({reason(exc)}).") from None
+    return path
+
+
+def reason(exc: OSError) -> str:
+    """A short human reason for an OS error."""
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied"
+    if exc.errno == errno.ENOTDIR:
+        return "a parent is a file, not a directory"
+    return exc.strerror or str(exc)
