@@ -41,4 +41,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'prunus.text' has no attribute {name!r}")
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DocumentSequences",
+    "PackedBlocks",
+    "TextCorpus",
+    "TextSplit",
+    "build_lm",
+    "check_lm_fits",
+    "document_losses",
+    "document_sequences",
+    "load_stdlib",
+    "load_text",
+    "load_tokenizer",
+    "mean_token_loss",
+    "pack_blocks",
+    "token_losses",
+    "tokenizer_cache_path",
+    "train_tokenizer",
+]

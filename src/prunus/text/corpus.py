@@ -45,6 +45,7 @@ import tempfile
 import tokenize
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,9 @@ class TextSplit:
     def take(self, rows: Iterable[int]) -> TextSplit:
         """The documents at the given row positions."""
         rows = [int(r) for r in rows]
-        return TextSplit(self.ids[rows], [self.texts[r] for r in rows], [self.groups[r] for r in rows])
+        return TextSplit(
+            self.ids[rows], [self.texts[r] for r in rows], [self.groups[r] for r in rows]
+        )
 
     def subset(self, ids: Iterable[int]) -> TextSplit:
         """The documents with the given ids, in the order given (raises on an unknown id)."""
@@ -226,9 +229,15 @@ def load_stdlib(
     files = [(m, p) for m, p in all_files if wanted is None or _matches(m, wanted)]
     docs = extract_documents(files, chunk_chars=chunk_chars, cache=cache)
     options = {
-        "seed": seed, "validation_fraction": validation_fraction, "test_fraction": test_fraction,
-        "modules": modules, "target": target, "target_test_fraction": target_test_fraction,
-        "target_size": target_size, "chunk_chars": chunk_chars, "python": sys.version.split()[0],
+        "seed": seed,
+        "validation_fraction": validation_fraction,
+        "test_fraction": test_fraction,
+        "modules": modules,
+        "target": target,
+        "target_test_fraction": target_test_fraction,
+        "target_size": target_size,
+        "chunk_chars": chunk_chars,
+        "python": sys.version.split()[0],
     }
     corpus = build_corpus(
         "stdlib",
@@ -268,8 +277,10 @@ class SourceDocument:
         return stable_id(f"stdlib:{self.module}:{self.kind}:{self.name}:{self.occurrence}")
 
 
-def stdlib_sources() -> list[tuple[str, Path]]:
-    """``(module, path)`` of the standard-library files the corpus reads, sorted by path."""
+@lru_cache(maxsize=1)
+def stdlib_sources() -> tuple[tuple[str, Path], ...]:
+    """``(module, path)`` of the standard-library files the corpus reads, sorted by path (listed
+    once per process)."""
     from prunus.datasets.pycode import stdlib_files
 
     out = []
@@ -280,7 +291,7 @@ def stdlib_sources() -> list[tuple[str, Path]]:
         if parts[0] == "lib2to3" and "tests" in parts:
             continue
         out.append((module, path))
-    return out
+    return tuple(out)
 
 
 def extract_documents(
@@ -310,7 +321,9 @@ def documents_of_file(module: str, path: Path, *, chunk_chars: int = 2000) -> li
         tree = ast.parse(source)
     except (SyntaxError, UnicodeDecodeError, ValueError):
         return []
-    if module.startswith("encodings.") and any(m in source[:500].lower() for m in _GENERATED_MARKERS):
+    if module.startswith("encodings.") and any(
+        m in source[:500].lower() for m in _GENERATED_MARKERS
+    ):
         return []
     lines = source.splitlines(keepends=True)
     taken = [False] * len(lines)
@@ -413,7 +426,9 @@ def load_text(
     """
     _check_fractions(validation_fraction, test_fraction, target_test_fraction)
     if not path:
-        raise PrunusError("path must name a directory or a .jsonl/.parquet file for dataset 'text'.")
+        raise PrunusError(
+            "path must name a directory or a .jsonl/.parquet file for dataset 'text'."
+        )
     source = Path(path)
     if not source.exists():
         raise PrunusError(f"path {str(source)!r} does not exist.")
@@ -440,10 +455,16 @@ def load_text(
             if not any(_matches(g, [wanted], separator) for g in present):
                 raise _no_module_error("target", wanted, present)
     options = {
-        "path": str(source), "text_column": text_column, "id_column": id_column,
-        "group_column": group_column, "seed": seed, "validation_fraction": validation_fraction,
-        "test_fraction": test_fraction, "target": _names(target),
-        "target_test_fraction": target_test_fraction, "target_size": target_size,
+        "path": str(source),
+        "text_column": text_column,
+        "id_column": id_column,
+        "group_column": group_column,
+        "seed": seed,
+        "validation_fraction": validation_fraction,
+        "test_fraction": test_fraction,
+        "target": _names(target),
+        "target_test_fraction": target_test_fraction,
+        "target_size": target_size,
     }
     corpus = build_corpus(
         source.name,
@@ -480,9 +501,7 @@ def _read_directory(root: Path) -> tuple[list[int], list[str], list[str]]:
         texts.append(text)
         groups.append(key)
     if not ids:
-        raise PrunusError(
-            f"directory {str(root)!r} holds no {'/'.join(TEXT_SUFFIXES)} file."
-        )
+        raise PrunusError(f"directory {str(root)!r} holds no {'/'.join(TEXT_SUFFIXES)} file.")
     return ids, texts, groups
 
 
@@ -517,8 +536,11 @@ def _columns(
     if not rows:
         raise PrunusError(f"{str(path)!r} holds no rows.")
     present = sorted({k for row in rows for k in row})
-    for option, column in (("text_column", text_column), ("id_column", id_column),
-                           ("group_column", group_column)):
+    for option, column in (
+        ("text_column", text_column),
+        ("id_column", id_column),
+        ("group_column", group_column),
+    ):
         if column is not None and column not in present:
             raise PrunusError(
                 f"{option} {column!r} is not a column of {str(path)!r}; columns present: "
@@ -585,8 +607,10 @@ def build_corpus(
             continue
         u = _unit_hash(f"{seed}:{group}")
         split_of[i] = (
-            "test" if u < test_fraction
-            else "validation" if u < test_fraction + validation_fraction
+            "test"
+            if u < test_fraction
+            else "validation"
+            if u < test_fraction + validation_fraction
             else "train"
         )
     stats: dict[str, Any] = {"documents": len(ids)}
@@ -678,7 +702,9 @@ def _cache_file(files: Sequence[tuple[str, Path]], chunk_chars: int) -> Path:
     from prunus.datasets.mnist1d import cache_dir
 
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(f"{RECIPE_VERSION}|{chunk_chars}|{sys.version}|{sys.implementation.cache_tag}".encode())
+    digest.update(
+        f"{RECIPE_VERSION}|{chunk_chars}|{sys.version}|{sys.implementation.cache_tag}".encode()
+    )
     for module, path in files:
         stat = path.stat()
         digest.update(f"{module}|{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())

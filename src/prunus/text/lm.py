@@ -5,11 +5,11 @@ config with seeded initialisation; a local ``from_pretrained`` directory works t
 names are in the model registry (``prunus.models.build_model("gpt_tiny", input_shape=(256,),
 num_classes=4096)``: the input shape is the context length, the "classes" are the vocabulary).
 
-| name         | architecture                                   | parameters (vocab 4096, ctx 256) |
-|--------------|------------------------------------------------|----------------------------------|
-| ``gpt_tiny`` | GPT-2, 2 layers, width 40, 4 heads, tied head   | ≈ 0.21M                          |
-| ``gpt_small``| GPT-2, 4 layers, width 256, 4 heads, tied head  | ≈ 4.3M                           |
-| ``llama_tiny``| Llama, 2 layers, width 64, 4 heads (2 kv), MLP 172, tied head | ≈ 0.33M          |
+| name          | architecture                                          | params (vocab 4096) |
+|---------------|-------------------------------------------------------|---------------------|
+| ``gpt_tiny``  | GPT-2, 2 layers, width 40, 4 heads, tied head         | ≈ 0.21M             |
+| ``gpt_small`` | GPT-2, 4 layers, width 256, 4 heads, tied head        | ≈ 4.3M              |
+| ``llama_tiny``| Llama, 2 layers, width 64, 4 heads (2 kv), MLP 172    | ≈ 0.35M             |
 
 Every architecture knob is an option (``n_layer=3``, ``hidden_size=96``, …) passed to the
 config.
@@ -35,8 +35,11 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama_tiny": (
         "llama",
         {
-            "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "intermediate_size": 172,
+            "num_hidden_layers": 2,
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 172,
         },
     ),
 }
@@ -75,7 +78,9 @@ def build_lm(
         try:
             model = AutoModelForCausalLM.from_pretrained(str(name), local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise PrunusError(f"model directory {str(name)!r} could not be loaded ({exc}).") from exc
+            raise PrunusError(
+                f"model directory {str(name)!r} could not be loaded ({exc})."
+            ) from exc
     else:
         if name not in _CONFIGS:
             raise choice_error("language model", name, list(_CONFIGS) + ["a local directory"])
@@ -128,13 +133,14 @@ def _from_config(
         fields.setdefault("max_position_embeddings", context_length)
         fields.setdefault("tie_word_embeddings", True)
         config_cls, model_cls = transformers.LlamaConfig, transformers.LlamaForCausalLM
+    known = config_cls()  # a config keeps any keyword as an attribute: check against defaults
+    unknown = sorted(k for k in options if not hasattr(known, k))
+    if unknown:
+        raise PrunusError(f"option {unknown[0]!r} is not a field of the {name} config.")
     try:
         config = config_cls(vocab_size=vocab_size, **fields)
     except (TypeError, ValueError) as exc:
         raise PrunusError(f"options of {name!r} are not valid ({exc}).") from exc
-    unknown = sorted(k for k in options if not hasattr(config, k))
-    if unknown:
-        raise PrunusError(f"option {unknown[0]!r} is not a field of the {name} config.")
     torch.manual_seed(seed)
     model = model_cls(config)
     model.eval()
@@ -145,8 +151,11 @@ def _registered(name: str) -> Callable[..., nn.Module]:
     def factory(input_shape: tuple[int, ...], num_classes: int, **options: Any) -> nn.Module:
         # build_model seeds torch before calling; keep that stream (seed=None → no reseed)
         return build_lm(
-            name, vocab_size=num_classes, context_length=int(tuple(input_shape)[-1]),
-            seed=options.pop("seed", torch.initial_seed()), **options,
+            name,
+            vocab_size=num_classes,
+            context_length=int(tuple(input_shape)[-1]),
+            seed=options.pop("seed", torch.initial_seed()),
+            **options,
         )
 
     factory.__name__ = name
@@ -197,7 +206,11 @@ def mean_token_loss(
 
 @torch.no_grad()
 def document_losses(
-    model: nn.Module, sequences: Any, *, batch_size: int = 32, device: str | torch.device | None = None
+    model: nn.Module,
+    sequences: Any,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-document mean token loss (log-perplexity) over a :class:`DocumentSequences`.
 
@@ -220,7 +233,9 @@ def document_losses(
     try:
         for start in range(0, len(doc_ids), batch_size):
             ids = torch.as_tensor(sequences.input_ids[start : start + batch_size], device=device)
-            mask = torch.as_tensor(sequences.attention_mask[start : start + batch_size], device=device)
+            mask = torch.as_tensor(
+                sequences.attention_mask[start : start + batch_size], device=device
+            )
             losses, real = token_losses(model, ids, mask)
             sums[start : start + len(ids)] = losses.sum(1).double().cpu().numpy()
             counts[start : start + len(ids)] = real.sum(1).cpu().numpy()

@@ -115,7 +115,9 @@ def load_tokenizer(
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise PrunusError(f"tokenizer directory {str(path)!r} could not be loaded ({exc}).") from exc
+        raise PrunusError(
+            f"tokenizer directory {str(path)!r} could not be loaded ({exc})."
+        ) from exc
     if tokenizer.eos_token is None and tokenizer.pad_token is None:
         raise PrunusError(f"tokenizer {str(path)!r} has neither an eos nor a pad token.")
     if tokenizer.pad_token is None:
@@ -130,7 +132,9 @@ def tokenizer_cache_path(fingerprint: str, vocab_size: int, min_frequency: int =
     from prunus.datasets.mnist1d import cache_dir
 
     tokenizers = require("tokenizers", "lm")
-    recipe = f"{TOKENIZER_RECIPE}|{fingerprint}|{vocab_size}|{min_frequency}|{tokenizers.__version__}"
+    recipe = (
+        f"{TOKENIZER_RECIPE}|{fingerprint}|{vocab_size}|{min_frequency}|{tokenizers.__version__}"
+    )
     digest = hashlib.blake2b(recipe.encode(), digest_size=10).hexdigest()
     return cache_dir() / "tokenizers" / f"bpe-v{vocab_size}-{digest}" / "tokenizer.json"
 
@@ -172,7 +176,10 @@ def _wrap(path: str, cache_state: str):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(
-        tokenizer_file=path, eos_token=EOS, bos_token=EOS, pad_token=PAD,
+        tokenizer_file=path,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=PAD,
         prunus_cache=cache_state,
     )
 
@@ -351,4 +358,6 @@ def _special_ids(tokenizer) -> tuple[int, int]:
 
 def _check_context(context_length: int) -> None:
     if not isinstance(context_length, (int, np.integer)) or context_length < 2:
-        raise PrunusError(f"context_length must be an integer of at least 2 (got {context_length!r}).")
+        raise PrunusError(
+            f"context_length must be an integer of at least 2 (got {context_length!r})."
+        )
