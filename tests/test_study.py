@@ -233,3 +233,15 @@ def test_percentage_points_never_show_a_negative_zero():
     from prunus.study.report import pp
 
     assert pp(-0.0004) == "+0.0pp" and pp(-0.0006) == "\u22120.1pp" and pp(0.012) == "+1.2pp"
+
+
+def test_a_model_that_does_not_fit_its_data_is_refused_before_any_run(tmp_path):
+    from prunus.study import run_study
+
+    config = parse_config(base(models=[{"name": "mlp"}, {"name": "cnn1d", "label": "c"}]))
+    with pytest.raises(PrunusError, match=r"^models\[1\]: cnn1d needs inputs of shape"):
+        run_study(config, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    config = parse_config(base(models=[{"name": "mlp", "options": {"colour": 1}}]))
+    with pytest.raises(PrunusError, match=r"^models\[0\]: model 'mlp' could not be built"):
+        run_study(config, tmp_path / "out", progress=False)

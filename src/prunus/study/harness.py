@@ -32,6 +32,7 @@ from prunus.study.executors import make_backend
 from prunus.study.grid import RunSpec, ScoreJob, expand_grid, matched_run
 from prunus.study.runs import (
     ScoreResult,
+    check_models_fit,
     execute_run,
     execute_score_job,
     failure_reason,
@@ -129,6 +130,7 @@ def run_study(
         raise PrunusError(f"--workers must be at least 1 (got {workers}).")
 
     datasets = {d.display: load_dataset(d.model_dump()) for d in config.datasets}
+    check_models_fit(config, datasets)
     runs, jobs = expand_grid(config, {name: ds.fingerprint for name, ds in datasets.items()},
                              {name: len(ds) for name, ds in datasets.items()})
     store = StudyStore(out)
