@@ -85,6 +85,17 @@ def read_stat(pid: int) -> tuple[int, str, int] | None:
     return pid, rest[0], int(rest[1])
 
 
+def ignores_sigint(pid: int) -> bool:
+    """Whether a process ignores SIGINT: a pool worker does once its initializer has run."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next((line.split()[1] for line in status.splitlines()
+                 if line.startswith("SigIgn:")), "0")
+    return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+
+
 def alive(pid: int) -> bool:
     stat = read_stat(pid)
     return stat is not None and stat[1] not in ("Z", "X")
@@ -100,16 +111,12 @@ def test_pool_workers_and_resource_tracker_die_with_a_killed_study(tmp_path):
     others: dict[int, str] = {}
     try:
         deadline = time.time() + 120
-        started = None
         while time.time() < deadline and process.poll() is None:
             kids = children(process.pid)
             workers = {p: c for p, c in kids.items() if "spawn_main" in c}
             others = {p: c for p, c in kids.items() if "resource_tracker" in c}
-            if len(workers) == 2:
-                # both workers exist; give them a moment to reach their initializer
-                started = started or time.time()
-                if time.time() - started > 1.0 or list((tmp_path / "out" / "runs").glob("*")):
-                    break
+            if len(workers) == 2 and all(ignores_sigint(p) for p in workers):
+                break  # both workers have run their initializer
             time.sleep(0.05)
         assert process.poll() is None, process.stderr.read().decode()[-2000:]
         assert len(workers) == 2, f"no pool workers appeared: {children(process.pid)}"
@@ -281,3 +288,46 @@ def test_an_interrupted_studys_report_says_it_is_incomplete(tmp_path, monkeypatc
         run_study(config, tmp_path / "out", progress=False)
     page = (tmp_path / "out" / "report.html").read_text()
     assert "incomplete" in page and "2 of 4 runs" in page
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_a_pool_study_cleanly(tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C does): the workers ignore it, the study
+    stops them, stores no in-flight run as failed, and exits 130 saying how to resume."""
+    config = small_config(tmp_path, seeds=range(12), epochs=3)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "prunus.cli", "study", str(config), "--out", str(out),
+               "--workers", "2", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    kids: dict[int, str] = {}
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None:
+            kids = children(process.pid) or kids
+            workers = [p for p, c in kids.items() if "spawn_main" in c]
+            if len(workers) == 2 and all(ignores_sigint(p) for p in workers):
+                break  # runs are in flight in both workers
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        err = err.decode()
+        assert process.returncode == 130, err[-2000:]
+        assert "runs finished and are stored" in err and "--resume" in err
+        assert "Traceback" not in err, err[-2000:]
+        import pyarrow.parquet as pq
+
+        stored = [pq.read_table(f).to_pylist()[-1] for f in (out / "runs").glob("*.parquet")]
+        assert all(r["status"] == "ok" for r in stored), stored
+        deadline = time.time() + 10
+        while time.time() < deadline and any(alive(p) for p in kids):
+            time.sleep(0.05)
+        assert not [p for p in kids if alive(p)]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        for pid in kids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
