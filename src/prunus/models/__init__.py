@@ -200,6 +200,6 @@ def resnet_tiny(input_shape: tuple[int, ...], num_classes: int, width: int = 16)
 
 
 # Causal LMs (gpt_tiny, gpt_small, llama_tiny) register themselves; transformers loads on use.
-from prunus.text import lm as _lm  # noqa: E402, F401
+from prunus.text import lm as _lm  # noqa: F401
 
 __all__ = ["build_model", "list_models", "register_model"]

@@ -39,9 +39,7 @@ import ast
 import difflib
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import tokenize
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +51,7 @@ import numpy as np
 
 from prunus.datasets.registry import register
 from prunus.errors import PrunusError, choice_error
+from prunus.files import atomic_write
 
 SPLITS = ("train", "validation", "test")
 TARGET_SPLITS = ("target", "target_test")
@@ -716,15 +715,7 @@ def _write_cache(path: Path, docs: list[SourceDocument]) -> None:
     import pyarrow.parquet as pq
 
     table = pa.table({c: [getattr(d, c) for d in docs] for c in _COLUMNS})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _read_cache(path: Path) -> list[SourceDocument]:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from prunus.errors import PrunusError, require
+from prunus.files import atomic_write
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -78,15 +79,7 @@ def train_tokenizer(
     if path is None:
         wrapped = _wrap_object(raw, "off")
         return wrapped
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        raw.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: raw.save(str(tmp)))
     return _wrap(str(path), "miss")
 
 
