@@ -4,10 +4,10 @@ import os
 import stat
 
 import pytest
+from helpers import invoke
 
 from prunus.errors import PrunusError
 from prunus.files import atomic_write, check_writable, default_mode
-from helpers import invoke
 
 
 def test_atomic_write_gives_the_umask_mode_and_leaves_nothing_on_failure(tmp_path):
@@ -42,7 +42,7 @@ def test_check_writable_names_the_flag_and_the_reason(tmp_path):
     ["prune", "--dataset", "digits", "--model", "mlp", "--epochs", "1"],
 ])
 def test_outputs_are_checked_before_any_work(tmp_path, capsys, command, monkeypatch):
-    import prunus.train.trainer as trainer
+    from prunus.train import trainer
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking --out")

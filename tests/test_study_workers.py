@@ -222,9 +222,6 @@ def test_a_study_whose_score_tables_all_fail_exits_1(tmp_path, capsys):
     assert set(statuses.values()) == {"ok"}  # the baselines ran
 
 
-@pytest.mark.xfail(reason="report.py formats an all-failed arm's cost as 'nan' and draws "
-                          "figures with no data (summary_table's cost s cell: use fmt())",
-                   strict=False)
 def test_an_all_failed_report_shows_no_nan(tmp_path):
     import re
 
@@ -279,8 +276,6 @@ def test_an_interrupted_study_raises_keyboard_interrupt(tmp_path, monkeypatch):
     assert (stop.finished, stop.runs) == (1, 4) and stop.report == tmp_path / "out" / "report.html"
 
 
-@pytest.mark.xfail(reason="report.py does not know how many runs the study plans, so it "
-                          "cannot say 'incomplete: n of N runs'", strict=False)
 def test_an_interrupted_studys_report_says_it_is_incomplete(tmp_path, monkeypatch):
     config = small_config(tmp_path)
     interrupt_after(monkeypatch, 2)

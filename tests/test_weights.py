@@ -237,9 +237,9 @@ def test_nm_refuses_a_contradicting_sparsity_instead_of_replacing_it():
     with pytest.raises(PrunusError, match="sparsity 0.9"):
         W.OneShot(0.9, pattern="2:4")
     # the implied sparsity, given or left out, is fine
-    for given in (None, 0.5):
+    for implied in (None, 0.5):
         net = cnn1d()
-        masks = W.prune(net, given, pattern="2:4")
+        masks = W.prune(net, implied, pattern="2:4")
         assert sum(int((~m).sum()) for m in masks.values()) * 2 == sum(m.numel() for m in masks.values())
     assert W.OneShot(0.75, pattern="1:4").sparsity == 0.75
 

@@ -11,7 +11,6 @@ from rich.table import Table
 
 from prunus.errors import PrunusError
 from prunus.files import check_writable
-from prunus.negatives.policy import fill_rows, take_rows
 
 negatives_app = typer.Typer(
     help="Hard negatives for embedding training: mine them, evaluate retrieval.",
@@ -156,6 +155,8 @@ def _load_retrieval(dataset: str, options: dict):
 
 def _mining_inputs(dataset, corpus_file, split, n_queries, corpus_size, seed, options):
     """(queries, corpus, positives, duplicate groups per corpus text or None)."""
+    from prunus.negatives.policy import fill_rows, take_rows
+
     if dataset.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -187,6 +188,7 @@ def _mining_inputs(dataset, corpus_file, split, n_queries, corpus_size, seed, op
 def _evaluate_model(dataset, split, model_name, n_queries, corpus_size, seed, max_seq_length, options):
     from prunus.negatives.metrics import evaluate
     from prunus.negatives.model import load_model
+    from prunus.negatives.policy import fill_rows, take_rows
 
     data = _load_retrieval(dataset, options)
     part = data.split(split)

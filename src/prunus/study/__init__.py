@@ -8,11 +8,23 @@ a self-contained ``report.html``. See :mod:`prunus.study.config` for the TOML fo
 
 from __future__ import annotations
 
-from prunus.study.config import StudyConfig, load_config, parse_config
-from prunus.study.harness import StudyResult, run_study
-from prunus.study.query import query
-from prunus.study.report import write_report
-from prunus.study.store import StudyStore
+import importlib
+from typing import Any
+
+# Importing this package is light (the CLI's start-up depends on it): the harness, which
+# imports torch, loads on first use.
+_HOME = {
+    "StudyConfig": "config", "load_config": "config", "parse_config": "config",
+    "StudyResult": "harness", "run_study": "harness", "query": "sql",
+    "write_report": "report", "StudyStore": "store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"prunus.study.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'prunus.study' has no attribute {name!r}")
+
 
 __all__ = [
     "StudyConfig",

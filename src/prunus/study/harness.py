@@ -135,6 +135,7 @@ def run_study(
                              {name: len(ds) for name, ds in datasets.items()})
     store = StudyStore(out)
     store.prepare(config, resume)
+    store.write_plan(len(runs))
     finished = store.finished_run_ids()
     todo = [run for run in runs if run.run_id not in finished]
     needed = {run.score_key for run in todo if run.score_key}

@@ -57,7 +57,7 @@ def write_report(store: StudyStore, path=None) -> Report:
     answers = [answer(recommend(summaries, setting, margin))
                for setting in dict.fromkeys(s.setting for s in summaries)]
     page = render(config, rows, summaries, verdicts, answers, store.score_metas(),
-                  store.read_versions())
+                  store.read_versions(), store.planned_runs())
     path = path or store.report_path
     atomic_write_text(path, page)
     return Report(path, verdicts, summaries, answers)
@@ -65,7 +65,7 @@ def write_report(store: StudyStore, path=None) -> Report:
 
 def load_rows(store: StudyStore) -> list[dict[str, Any]]:
     """Every row of the study, in run and evaluation order (DuckDB over the Parquet store)."""
-    from prunus.study.query import query
+    from prunus.study.sql import query
 
     return query(store.root, "SELECT * FROM runs ORDER BY run_index, step, end_of_epoch").to_pylist()
 
@@ -249,8 +249,9 @@ def wins_text(w: WinRate | None) -> str:
 
 
 def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: list[str],
-           answers: list[str], score_metas: dict[str, dict], versions: dict[str, str]) -> str:
-    """The whole HTML page as a string."""
+           answers: list[str], score_metas: dict[str, dict], versions: dict[str, str],
+           planned: int | None = None) -> str:
+    """The whole HTML page as a string (``planned``: the grid's run count, when known)."""
     e = html.escape
     settings = list(dict.fromkeys(s.setting for s in summaries))
     finals = [r for r in rows if r["final"]]
@@ -265,6 +266,10 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
         + f"built {stamp} · "
         + " · ".join(f"{e(k)} {e(str(v))}" for k, v in versions.items()) + "</p>"
     )
+    if planned is not None and len(finals) < planned:
+        parts.append(f"<p class=failed><b>This study is incomplete: {len(finals)} of {planned} "
+                     "runs finished.</b> Verdicts below use only those; resume it with "
+                     "<code>prunus study CONFIG --out DIR --resume</code>.</p>")
     parts.append("<h2>Answer</h2><ul class=answer>")
     parts += [f"<li>{e(line)}</li>" for line in answers]
     parts.append("</ul>")
@@ -288,9 +293,12 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
         if len(settings) > 1:
             parts.append(f"<h2>{e(setting)}</h2>")
         parts.append("<h2>Figures</h2><div class=figs>")
-        for title, png in figures(arms, setting_rows, config.targets):
-            parts.append(f"<figure><img alt=\"{e(title)}\" src=\"data:image/png;base64,{png}\">"
-                         f"<figcaption>{e(title)}</figcaption></figure>")
+        if any(r["status"] == "ok" for r in setting_rows):
+            for title, png in figures(arms, setting_rows, config.targets):
+                parts.append(f"<figure><img alt=\"{e(title)}\" src=\"data:image/png;base64,"
+                             f"{png}\"><figcaption>{e(title)}</figcaption></figure>")
+        else:
+            parts.append("<p>No figures: no run of this setting finished (see Failed runs).</p>")
         parts.append("</div>")
         parts.append("<h2>Summary</h2>")
         parts.append(summary_table(arms))
@@ -341,7 +349,7 @@ def summary_table(arms: list[ArmSummary]) -> str:
         if not retrieval:
             row += comparison_cells(s.comparison("compute"))
         row += [*comparison_cells(s.comparison("random")), text(wins),
-                num(s.cost_seconds.mean, f"{s.cost_seconds.mean:.1f}"),
+                num(s.cost_seconds.mean, fmt(s.cost_seconds.mean, ".1f")),
                 ratio_cell(s.time_ratio), ratio_cell(s.time_ratio_amortised)]
         if not retrieval:
             row += [ratio_cell(s.backpropagated, bare=True), ratio_cell(s.forwarded, bare=True)]
@@ -552,8 +560,8 @@ def figures(arms: list[ArmSummary], rows: Sequence[dict],
                                 colours)))
     weight_arms = [a for a in arms if a.data_kind == "full"]
     if any(a.weight_policy != "dense" for a in weight_arms):
-        out.append(("Accuracy vs sparsity (mean over seeds, 95% CI band; sparsity 0 is the "
-                    "dense model)",
+        out.append((("Accuracy vs sparsity (mean over seeds, 95% CI band; sparsity 0 is the "
+                    "dense model)"),
                     accuracy_vs(weight_arms, arms, "sparsity", "weight_policy", "sparsity",
                                 colours)))
     out.append((("Accuracy vs cost (wall seconds: training + selection + whole score tables), "

@@ -175,6 +175,22 @@ class StudyStore:
 
     # -- runs -----------------------------------------------------------------------------
 
+    @property
+    def plan_path(self) -> Path:
+        return self.root / "plan.json"
+
+    def write_plan(self, runs: int) -> None:
+        """``plan.json``: how many runs the study's grid has, so a report can tell a finished
+        study from an interrupted one."""
+        atomic_write_text(self.plan_path, json.dumps({"runs": runs}) + "\n")
+
+    def planned_runs(self) -> int | None:
+        """The number of runs the grid had when the study last started (None if unknown)."""
+        try:
+            return int(json.loads(self.plan_path.read_text(encoding="utf-8"))["runs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def run_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.parquet"
 
