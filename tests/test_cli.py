@@ -94,3 +94,12 @@ def test_train_on_a_selection_and_refuse_one_made_on_other_data(tmp_path, capsys
     assert "made on other data" in capsys.readouterr().err
     assert invoke("train", *data, "--epochs", "1", "--subset", scores) == 2
     assert "is not a prunus selection" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch():
+    """`prunus --help` stays fast: every family's commands register without torch."""
+    code = ("import sys; from prunus import cli; cli._register_families(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'pyarrow', 'duckdb') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
