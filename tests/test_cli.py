@@ -103,3 +103,16 @@ def test_help_does_not_import_torch():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("package", ["prunus.weights", "prunus.study", "prunus.data"])
+def test_lazy_package_names_are_never_shadowed_by_their_submodules(package):
+    import importlib
+    import inspect
+    import pkgutil
+
+    module = importlib.import_module(package)
+    for info in pkgutil.iter_modules(module.__path__):
+        importlib.import_module(f"{package}.{info.name}")  # rebinds any colliding attribute
+    for name in module.__all__:
+        assert not inspect.ismodule(getattr(module, name)), f"{package}.{name} is a module"

@@ -91,3 +91,21 @@ def reason(exc: OSError) -> str:
     if exc.errno == errno.ENOTDIR:
         return "a parent is a file, not a directory"
     return exc.strerror or str(exc)
+
+
+def write_records(path: str | os.PathLike, records: list, columns: tuple[str, ...]) -> Path:
+    """Write dataclass-like ``records`` as a Parquet table with ``columns`` (a parse cache)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({c: [getattr(r, c) for r in records] for c in columns})
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def read_records(path: str | os.PathLike, make: Callable[..., Any],
+                 columns: tuple[str, ...]) -> list:
+    """The records :func:`write_records` wrote, rebuilt with ``make(*values)``."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path).to_pydict()
+    return [make(*values) for values in zip(*(table[c] for c in columns))]

@@ -38,7 +38,7 @@ import numpy as np
 from prunus.datasets.registry import register
 from prunus.datasets.retrieval import RetrievalDataset, RetrievalSplit
 from prunus.errors import PrunusError
-from prunus.files import atomic_write
+from prunus.files import read_records, write_records
 
 RECIPE_VERSION = 1
 SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
@@ -149,12 +149,12 @@ def extract_functions(
     files = stdlib_files(modules)
     cache_file = _cache_file(files) if cache else None
     if cache_file is not None and cache_file.exists():
-        return _read_cache(cache_file)
+        return read_records(cache_file, FunctionRecord, _COLUMNS)
     records: list[FunctionRecord] = []
     for module, path in files:
         records.extend(functions_of_file(module, path))
     if cache_file is not None:
-        _write_cache(cache_file, records)
+        write_records(cache_file, records, _COLUMNS)
     return records
 
 
@@ -395,16 +395,3 @@ def _cache_file(files: list[tuple[str, Path]]) -> Path:
 _COLUMNS = ("module", "qualname", "occurrence", "text", "query", "source_key")
 
 
-def _write_cache(path: Path, records: list[FunctionRecord]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table({c: [getattr(r, c) for r in records] for c in _COLUMNS})
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def _read_cache(path: Path) -> list[FunctionRecord]:
-    import pyarrow.parquet as pq
-
-    columns = pq.read_table(path).to_pydict()
-    return [FunctionRecord(*values) for values in zip(*(columns[c] for c in _COLUMNS))]

@@ -8,8 +8,7 @@ a self-contained ``report.html``. See :mod:`prunus.study.config` for the TOML fo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from prunus.lazy import lazy_getattr
 
 # Importing this package is light (the CLI's start-up depends on it): the harness, which
 # imports torch, loads on first use.
@@ -20,11 +19,7 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        return getattr(importlib.import_module(f"prunus.study.{_HOME[name]}"), name)
-    raise AttributeError(f"module 'prunus.study' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr(__name__, _HOME)
 
 __all__ = [
     "StudyConfig",

@@ -51,7 +51,7 @@ import numpy as np
 
 from prunus.datasets.registry import register
 from prunus.errors import PrunusError, choice_error
-from prunus.files import atomic_write
+from prunus.files import read_records, write_records
 
 SPLITS = ("train", "validation", "test")
 TARGET_SPLITS = ("target", "target_test")
@@ -299,12 +299,12 @@ def extract_documents(
     """The documents of the given files, in file order then source position."""
     cache_file = _cache_file(files, chunk_chars) if cache else None
     if cache_file is not None and cache_file.exists():
-        return _read_cache(cache_file)
+        return read_records(cache_file, SourceDocument, _COLUMNS)
     docs: list[SourceDocument] = []
     for module, path in files:
         docs.extend(documents_of_file(module, path, chunk_chars=chunk_chars))
     if cache_file is not None:
-        _write_cache(cache_file, docs)
+        write_records(cache_file, docs, _COLUMNS)
     return docs
 
 
@@ -710,16 +710,3 @@ def _cache_file(files: Sequence[tuple[str, Path]], chunk_chars: int) -> Path:
     return cache_dir() / "datasets" / f"stdlib-documents-{digest.hexdigest()}.parquet"
 
 
-def _write_cache(path: Path, docs: list[SourceDocument]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table({c: [getattr(d, c) for d in docs] for c in _COLUMNS})
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def _read_cache(path: Path) -> list[SourceDocument]:
-    import pyarrow.parquet as pq
-
-    columns = pq.read_table(path).to_pydict()
-    return [SourceDocument(*values) for values in zip(*(columns[c] for c in _COLUMNS))]

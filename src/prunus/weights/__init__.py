@@ -19,8 +19,7 @@ In training: ``Trainer(model, data, callbacks=[get_sparsifier("rigl", sparsity=0
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from prunus.lazy import lazy_getattr
 
 # Importing this package is light (the CLI's start-up depends on it): torch-based parts load
 # on first use.
@@ -36,14 +35,7 @@ _LAZY = {
     "schedules": ("GradualMagnitude", "LotteryTicket", "OneShot", "Sparsifier", "gmp_sparsity"),
     "structured": ("channel_masks", "prune_channels", "remove_channels"),
 }
-_HOME = {name: module for module, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        return getattr(importlib.import_module(f"prunus.weights.{_HOME[name]}"), name)
-    raise AttributeError(f"module 'prunus.weights' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr(__name__, {name: module for module, names in _LAZY.items() for name in names})
 
 __all__ = [
     "CRITERIA",
