@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,44 +13,90 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunus.data import SCORE_METHODS
 from prunus.data.table import HIGHER_IS_HARDER, LOWER_IS_HARDER, ScoreTable
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError, choice_error
+from prunus.registry import SCORES
 from prunus.train.events import Callback
 
 # progress(completed, total, description): units are examples processed (training + scoring).
 ProgressCallback = Callable[[int, int, str], None]
 
 
+# Score methods are registered where they are defined (``prunus.data.scores.*``, or any module
+# with ``@prunus.registry.SCORES.register``); this table is that registry. A method's spec
+# (its registration defaults; see ``SPEC_DEFAULTS``):
+#   needs         how it is computed, which decides how it is called:
+#                 "outputs" / "gradients": fn(model, dataset, batch_size=, progress=, ...)
+#                 "embeddings": fn(points, ...) on the penultimate-layer embeddings
+#                 "trajectory": a trainer callback class, fn(...), read with ``.scores()``
+#   column        the table column (default: the method's name)
+#   column_from   a score() option whose value names the column instead (uncertainty: kind)
+#   direction     HIGHER_IS_HARDER (default) or LOWER_IS_HARDER
+#   min_epochs    proxy epochs the method needs (default 0; 1 for trajectory methods)
+#   options       {function keyword: score() option} passed on (and recorded in settings)
+#   choices       {score() option: allowed values}, checked before any training
+#   approximation a note stored in the table metadata (default None)
+#   flops         flops(n, forward, backward, width) of the scoring pass (default forward · n)
+#   kwargs        fixed keyword arguments of the function (grand_last_layer: last_layer=True)
+METHODS = SCORES
+SPEC_DEFAULTS: dict[str, Any] = {
+    "needs": "outputs",
+    "column": None,
+    "column_from": None,
+    "direction": HIGHER_IS_HARDER,
+    "min_epochs": None,
+    "options": {},
+    "choices": {},
+    "approximation": None,
+    "flops": None,
+    "kwargs": {},
+}
+NEEDS = ("outputs", "gradients", "embeddings", "trajectory")
+# a column that reads the other way round whatever the method (uncertainty's top-2 margin)
+COLUMN_DIRECTIONS = {"margin": LOWER_IS_HARDER}
+
+
 @dataclass(frozen=True)
 class MethodInfo:
-    """What a score method measures, how to read it and what it needs."""
+    """A score method's spec, read from its registration (see the table above)."""
 
+    name: str
+    fn: Callable[..., Any]
     column: str
     direction: str
-    needs: str  # "outputs", "gradients", "trajectory" or "embeddings"
+    needs: str
     min_epochs: int
     summary: str
+    column_from: str | None
+    options: dict[str, str]
+    choices: dict[str, tuple]
+    approximation: str | None
+    flops: Callable[..., float] | None
+    kwargs: dict[str, Any]
 
 
-METHODS: dict[str, MethodInfo] = {
-    "loss": MethodInfo("loss", HIGHER_IS_HARDER, "outputs", 0, "cross-entropy at the proxy checkpoint"),
-    "el2n": MethodInfo("el2n", HIGHER_IS_HARDER, "outputs", 0, "‖softmax − one-hot‖₂ early in training"),
-    "grand": MethodInfo("grand", HIGHER_IS_HARDER, "gradients", 0, "‖∇θ ℓ‖₂ over all parameters (exact)"),
-    "grand_last_layer": MethodInfo(
-        "grand_last_layer", HIGHER_IS_HARDER, "gradients", 0,
-        "‖∇θ ℓ‖₂ over the last linear layer only (approximation of GraNd)",
-    ),
-    "uncertainty": MethodInfo("entropy", HIGHER_IS_HARDER, "outputs", 0, "entropy, 1 − max p or top-2 margin"),
-    "forgetting": MethodInfo("forgetting", HIGHER_IS_HARDER, "trajectory", 1, "correct→incorrect transitions"),
-    "aum": MethodInfo("aum", LOWER_IS_HARDER, "trajectory", 1, "mean margin of the assigned logit"),
-    "dynamic_uncertainty": MethodInfo(
-        "dynamic_uncertainty", HIGHER_IS_HARDER, "trajectory", 2, "windowed std of p_y over training"
-    ),
-    "prototypes": MethodInfo("prototypes", HIGHER_IS_HARDER, "embeddings", 0, "distance to nearest k-means centroid"),
-    "kcenter": MethodInfo("kcenter", HIGHER_IS_HARDER, "embeddings", 0, "k-center greedy coverage priority"),
-}
+def method_info(method: str) -> MethodInfo:
+    """The spec of a registered score method (``PrunusError`` listing the names if unknown)."""
+    entry = SCORES.entry(method)
+    unknown = sorted(set(entry.defaults) - set(SPEC_DEFAULTS))
+    if unknown:
+        raise PrunusError(
+            f"score method {method!r} is registered with unknown spec key {unknown[0]!r}; "
+            f"the keys are: {', '.join(SPEC_DEFAULTS)}."
+        )
+    spec = {**SPEC_DEFAULTS, **entry.defaults}
+    if spec["needs"] not in NEEDS:
+        raise choice_error(f"needs of score method {method!r}", spec["needs"], NEEDS)
+    if spec["min_epochs"] is None:
+        spec["min_epochs"] = 1 if spec["needs"] == "trajectory" else 0
+    return MethodInfo(
+        name=method, fn=entry.obj, column=spec["column"] or method, direction=spec["direction"],
+        needs=spec["needs"], min_epochs=int(spec["min_epochs"]), summary=entry.summary,
+        column_from=spec["column_from"], options=dict(spec["options"]),
+        choices={k: tuple(v) for k, v in spec["choices"].items()},
+        approximation=spec["approximation"], flops=spec["flops"], kwargs=dict(spec["kwargs"]),
+    )
 
 
 def score(
@@ -66,6 +113,7 @@ def score(
     kind: str = "entropy",
     clusters: int | None = None,
     window: int = 10,
+    method_options: dict[str, Any] | None = None,
     model_options: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     **train_settings: Any,
@@ -83,7 +131,8 @@ def score(
         dataset: the dataset whose training split is scored.
         model: a registered model name, ``"package.module:factory"``, or an ``nn.Module`` (copied
             for every seed; its initialisation is then the same for all seeds). Default ``"cnn1d"``.
-        method: one of ``SCORE_METHODS``. Default ``"el2n"``.
+        method: a registered score method (``prunus.registry.SCORES``: the built-ins are
+            ``SCORE_METHODS``; add one with ``@SCORES.register``). Default ``"el2n"``.
         epochs: proxy epochs (see above). Default None.
         proxy_fraction: share of the full schedule trained when ``epochs`` is None. Default 0.2.
         full_epochs: length of the schedule the proxy run is a prefix of. Default 10.
@@ -94,6 +143,8 @@ def score(
         kind: ``uncertainty`` only: ``"entropy"``, ``"least_confidence"`` or ``"margin"``.
         clusters: ``prototypes`` only: k-means clusters (default: the number of classes).
         window: ``dynamic_uncertainty`` only: presentations per window. Default 10.
+        method_options: further keyword arguments of the method's function (for methods
+            registered with their own settings).
         model_options: keyword options of the model factory.
         progress: optional ``progress(completed, total, description)``, units are examples.
         **train_settings: any other :class:`prunus.config.TrainConfig` field (``lr``,
@@ -110,9 +161,7 @@ def score(
     """
     from prunus.config import TrainConfig, validated
 
-    if method not in METHODS:
-        raise choice_error("method", method, SCORE_METHODS)
-    info = METHODS[method]
+    info = method_info(method)
     seeds = _check_seeds(seeds)
     proxy_epochs = _proxy_epochs(epochs, proxy_fraction, full_epochs)
     if proxy_epochs < info.min_epochs:
@@ -123,21 +172,24 @@ def score(
     for name in ("seed", "epochs"):
         if name in train_settings:
             raise PrunusError(f"{name} is set by score() itself; use seeds= and epochs= instead.")
-    column = info.column
-    if method == "uncertainty":
-        from prunus.data.scores.loss import UNCERTAINTY_KINDS
-
-        if kind not in UNCERTAINTY_KINDS:
-            raise choice_error("kind", kind, UNCERTAINTY_KINDS)
-        column = kind
-    direction = LOWER_IS_HARDER if column == "margin" else info.direction
+    given = {"kind": kind, "clusters": clusters or dataset.num_classes, "window": window}
+    for option, allowed in info.choices.items():
+        if given.get(option) not in allowed:
+            raise choice_error(option, given.get(option), allowed)
+    column = str(given[info.column_from]) if info.column_from else info.column
+    direction = COLUMN_DIRECTIONS.get(column, info.direction)
     schedule_epochs = max(full_epochs, proxy_epochs, 1)
     config = validated(
         TrainConfig, {**train_settings, "epochs": schedule_epochs, "batch_size": batch_size}, "train"
     )
     if score_batch_size is None:
         score_batch_size = 256 if info.needs == "gradients" else config.eval_batch_size
-    options = {"kind": kind, "clusters": clusters, "window": window}
+    used = {option: given[option] for option in info.options.values()}
+    options = {
+        **info.kwargs,
+        **{keyword: given[option] for keyword, option in info.options.items()},
+        **(method_options or {}),
+    }
 
     n = len(dataset)
     scoring_units = 0 if info.needs == "trajectory" else n
@@ -146,7 +198,7 @@ def score(
     costs: list[dict[str, float]] = []
     for seed in seeds:
         values, cost = _score_one_seed(
-            dataset, model, method, seed, proxy_epochs, config, score_batch_size,
+            dataset, model, info, seed, proxy_epochs, config, score_batch_size,
             options, model_options or {}, tracker,
         )
         per_seed.append(values)
@@ -157,19 +209,15 @@ def score(
         columns.update({f"{column}_seed{s}": v for s, v in zip(seeds, per_seed)})
     directions = dict.fromkeys(columns, direction)
     settings = config.model_dump(exclude={"seed", "epochs"})
-    settings.update(score_batch_size=score_batch_size)
-    if method == "uncertainty":
-        settings["kind"] = kind
-    if method == "prototypes":
-        settings["clusters"] = clusters or dataset.num_classes
-    if method == "dynamic_uncertainty":
-        settings["window"] = window
+    settings.update(score_batch_size=score_batch_size, **used)
+    if method_options:
+        settings["method_options"] = dict(method_options)
     metadata = {
         "method": method,
         "column": column,
         "directions": directions,
         "description": info.summary,
-        "approximation": "last linear layer only" if method == "grand_last_layer" else None,
+        "approximation": info.approximation,
         "model": model if isinstance(model, str) else type(model).__name__,
         "model_options": model_options or {},
         "epochs": proxy_epochs,
@@ -200,7 +248,7 @@ def score(
 def _score_one_seed(
     dataset: Dataset,
     model: str | nn.Module,
-    method: str,
+    info: MethodInfo,
     seed: int,
     proxy_epochs: int,
     config,
@@ -217,7 +265,7 @@ def _score_one_seed(
         net = copy.deepcopy(model)
     else:
         net = build_model(model, dataset.input_shape, dataset.num_classes, seed=seed, **model_options)
-    recorder = _trajectory_recorder(method, options)
+    recorder = _call(info.fn, options, seed) if info.needs == "trajectory" else None
     meter = ComputeMeter()
     accuracy = None
     if proxy_epochs > 0:
@@ -231,73 +279,65 @@ def _score_one_seed(
         net = net.to(resolve_device(config.device))
     tracker.describe(f"seed {seed}: scoring")
     start = time.perf_counter()
-    values = _static_scores(net, dataset, method, seed, score_batch_size, options, recorder, tracker)
+    values = _static_scores(net, dataset, info, seed, score_batch_size, options, recorder, tracker)
     scoring_seconds = time.perf_counter() - start
     cost = {
         "seed": seed,
         "train_seconds": meter.seconds.get("train", 0.0),
         "eval_seconds": meter.seconds.get("eval", 0.0),
         "scoring_seconds": scoring_seconds,
-        "flops": meter.flops + _scoring_flops(net, dataset, method, meter, options),
+        "flops": meter.flops + _scoring_flops(net, dataset, info, meter),
         "proxy_test_accuracy": accuracy,
     }
     return values, cost
 
 
-def _static_scores(net, dataset, method, seed, batch_size, options, recorder, tracker) -> np.ndarray:
-    from prunus.data.scores import grand, loss, prototypes
+def _call(fn: Callable[..., Any], kwargs: dict[str, Any], seed: int, *args: Any) -> Any:
+    """``fn(*args, **kwargs)``, with ``seed=`` too when ``fn`` takes a ``seed`` keyword."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        parameters = {}
+    if "seed" in parameters and "seed" not in kwargs:
+        kwargs = {**kwargs, "seed": seed}
+    return fn(*args, **kwargs)
 
-    advance = tracker.advance
+
+def _static_scores(net, dataset, info: MethodInfo, seed, batch_size, options, recorder, tracker) -> np.ndarray:
     if recorder is not None:
-        return recorder.scores()
-    if method == "loss":
-        return loss.loss_scores(net, dataset, batch_size=batch_size, progress=advance)
-    if method == "el2n":
-        return loss.el2n_scores(net, dataset, batch_size=batch_size, progress=advance)
-    if method == "uncertainty":
-        return loss.uncertainty_scores(net, dataset, options["kind"], batch_size=batch_size, progress=advance)
-    if method in ("grand", "grand_last_layer"):
-        return grand.grand_scores(
-            net, dataset, last_layer=method == "grand_last_layer", batch_size=batch_size, progress=advance
+        return np.asarray(recorder.scores(), dtype=np.float64)
+    advance = tracker.advance
+    if info.needs == "embeddings":
+        from prunus.data.scores.prototypes import embeddings
+
+        points = embeddings(net, dataset, batch_size=batch_size, progress=advance)
+        values = _call(info.fn, options, seed, points)
+    else:
+        values = _call(info.fn, {**options, "batch_size": batch_size, "progress": advance}, seed, net, dataset)
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(dataset),):
+        raise PrunusError(
+            f"score method {info.name!r} must return one score per example, shape ({len(dataset)},) "
+            f"(got {values.shape})."
         )
-    points = prototypes.embeddings(net, dataset, batch_size=batch_size, progress=advance)
-    if method == "prototypes":
-        k = options["clusters"] or dataset.num_classes
-        return prototypes.prototype_scores(points, k, seed=seed)
-    return prototypes.kcenter_scores(points, seed=seed)
+    return values
 
 
-def _scoring_flops(net, dataset, method, meter, options) -> float:
-    info = METHODS[method]
+def _scoring_flops(net, dataset, info: MethodInfo, meter) -> float:
     if info.needs == "trajectory":
         return 0.0
     device = next(net.parameters()).device
     sample = torch.from_numpy(dataset.x[:8]).to(device)
     forward, backward = meter.flops_per_example(net, sample)
     n = len(dataset)
-    flops = forward * n
-    if method == "grand":
-        flops += backward * n
-    if method == "kcenter":
-        flops += 3.0 * n * n * _embedding_width(net, sample)
-    return float(flops)
+    if info.flops is None:
+        return float(forward * n)
+    return float(info.flops(n, forward, backward, _embedding_width(net, sample)))
 
 
 def _embedding_width(net, sample) -> int:
     heads = [m for m in net.modules() if isinstance(m, nn.Linear)]
     return heads[-1].in_features if heads else 1
-
-
-def _trajectory_recorder(method: str, options: dict[str, Any]):
-    from prunus.data.scores import trajectory
-
-    if method == "forgetting":
-        return trajectory.ForgettingEvents()
-    if method == "aum":
-        return trajectory.AreaUnderMargin()
-    if method == "dynamic_uncertainty":
-        return trajectory.DynamicUncertainty(window=options["window"])
-    return None
 
 
 def _check_seeds(seeds: Sequence[int] | int) -> list[int]:

@@ -62,6 +62,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from prunus.data.scores.common import Progress, batches
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError
+from prunus.registry import SCORES
 
 # Layers whose per-example gradient norms the hooks compute (exact types: a subclass may change
 # what its forward does with its parameters).
@@ -74,6 +75,15 @@ _HOOKED = (nn.Linear, *_CONVS, *_NORMS)
 _CHUNK_ELEMENTS = 1 << 24
 
 
+@SCORES.register(
+    "grand", needs="gradients", flops=lambda n, forward, backward, width: (forward + backward) * n,
+    summary="‖∇θ ℓ‖₂ over all parameters (exact)",
+)
+@SCORES.register(
+    "grand_last_layer", needs="gradients", kwargs={"last_layer": True},
+    approximation="last linear layer only",
+    summary="‖∇θ ℓ‖₂ over the last linear layer only (approximation of GraNd)",
+)
 def grand_scores(
     model: nn.Module,
     dataset: Dataset,

@@ -18,10 +18,12 @@ from torch import nn
 from prunus.data.scores.common import Progress, batches
 from prunus.datasets.base import Dataset
 from prunus.errors import choice_error
+from prunus.registry import SCORES
 
 UNCERTAINTY_KINDS = ("entropy", "least_confidence", "margin")
 
 
+@SCORES.register("loss", needs="outputs", summary="cross-entropy at the proxy checkpoint")
 def loss_scores(
     model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, progress: Progress | None = None
 ) -> np.ndarray:
@@ -32,6 +34,7 @@ def loss_scores(
     return _output_scores(model, dataset, batch_size, progress, per_example_loss)
 
 
+@SCORES.register("el2n", needs="outputs", summary="‖softmax − one-hot‖₂ early in training")
 def el2n_scores(
     model: nn.Module, dataset: Dataset, *, batch_size: int = 1024, progress: Progress | None = None
 ) -> np.ndarray:
@@ -45,6 +48,10 @@ def el2n_scores(
     return _output_scores(model, dataset, batch_size, progress, el2n)
 
 
+@SCORES.register(
+    "uncertainty", needs="outputs", column="entropy", column_from="kind", options={"kind": "kind"},
+    choices={"kind": UNCERTAINTY_KINDS}, summary="entropy, 1 − max p or top-2 margin",
+)
 def uncertainty_scores(
     model: nn.Module,
     dataset: Dataset,

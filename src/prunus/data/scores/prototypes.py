@@ -14,8 +14,13 @@ from torch import nn
 from prunus.data.scores.common import Progress, batches
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError
+from prunus.registry import SCORES
 
 
+@SCORES.register(
+    "prototypes", needs="embeddings", options={"k": "clusters"},
+    summary="distance to nearest k-means centroid",
+)
 def prototype_scores(
     embeddings: np.ndarray,
     k: int = 10,
@@ -107,6 +112,10 @@ def kcenter_greedy(embeddings: np.ndarray, *, seed: int = 0, normalize: bool = F
     return order
 
 
+@SCORES.register(
+    "kcenter", needs="embeddings", flops=lambda n, forward, backward, width: forward * n + 3.0 * n * n * width,
+    summary="k-center greedy coverage priority",
+)
 def kcenter_scores(embeddings: np.ndarray, *, seed: int = 0, normalize: bool = False) -> np.ndarray:
     """Coverage priority from :func:`kcenter_greedy`: ``1 − rank / N`` (the first pick scores 1).
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from prunus.data.table import LOWER_IS_HARDER
 from prunus.errors import PrunusError
+from prunus.registry import SCORES
 from prunus.train.events import Callback
 
 # -- pure functions of a trajectory -----------------------------------------------------------
@@ -111,6 +113,7 @@ class TrajectoryRecorder(Callback):
         return values
 
 
+@SCORES.register("forgetting", needs="trajectory", summary="correct→incorrect transitions")
 class ForgettingEvents(TrajectoryRecorder):
     """Counts forgetting events per example while training (see :func:`forgetting_counts`).
 
@@ -138,6 +141,10 @@ class ForgettingEvents(TrajectoryRecorder):
         return self._unseen_is_nan(events, self.seen)
 
 
+@SCORES.register(
+    "aum", needs="trajectory", column="aum", direction=LOWER_IS_HARDER,
+    summary="mean margin of the assigned logit",
+)
 class AreaUnderMargin(TrajectoryRecorder):
     """Accumulates the margin (assigned logit − largest other logit) per example while training.
 
@@ -159,6 +166,10 @@ class AreaUnderMargin(TrajectoryRecorder):
             return self._unseen_is_nan(self.total / self.seen, self.seen)
 
 
+@SCORES.register(
+    "dynamic_uncertainty", needs="trajectory", min_epochs=2, options={"window": "window"},
+    summary="windowed std of p_y over training",
+)
 class DynamicUncertainty(TrajectoryRecorder):
     """Records ``p_y`` per presentation in a ring of ``window`` values per example and averages
     the windowed standard deviations (see :func:`dynamic_uncertainty`). Default ``window`` 10.
