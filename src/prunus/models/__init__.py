@@ -15,24 +15,21 @@ import torch
 from torch import nn
 
 from prunus.errors import PrunusError, choice_error
+from prunus.registry import MODELS
 
 ModelFactory = Callable[..., nn.Module]
-_REGISTRY: dict[str, tuple[ModelFactory, str]] = {}
 
 
-def register_model(name: str, description: str):
-    """Decorator adding ``factory(input_shape, num_classes, **options) -> nn.Module``."""
-
-    def decorate(factory: ModelFactory) -> ModelFactory:
-        _REGISTRY[name] = (factory, description)
-        return factory
-
-    return decorate
+def register_model(name: str, description: str | None = None, **defaults):
+    """Decorator adding ``factory(input_shape, num_classes, **options) -> nn.Module`` to the
+    model registry (``prunus.registry.MODELS``), with a one-line ``description`` (default: the
+    first line of its docstring)."""
+    return MODELS.register(name, summary=description, **defaults)
 
 
 def list_models() -> dict[str, str]:
     """Registered model names and one-line descriptions."""
-    return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
+    return MODELS.describe()
 
 
 def build_model(
@@ -69,9 +66,9 @@ def resolve_factory(name: str) -> ModelFactory:
             raise PrunusError(
                 f"model {name!r} must be 'package.module:factory' importable here ({exc})."
             ) from exc
-    if name not in _REGISTRY:
-        raise choice_error("model", name, list(_REGISTRY) + ["package.module:factory"])
-    return _REGISTRY[name][0]
+    if name not in MODELS:
+        raise choice_error("model", name, [*MODELS.names(), "package.module:factory"])
+    return MODELS.get(name)
 
 
 def _channels_and_length(input_shape: tuple[int, ...]) -> tuple[int, int]:

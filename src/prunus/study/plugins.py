@@ -1,8 +1,11 @@
 """What the data and weight families offer, looked up when asked (never cached).
 
-Each family registers its methods by name; the study harness reads those registries at
-validation time and calls the families' entry points at run time, so adding a method to a
-family needs no change here. A family that is not installed (or not written yet) reports
+Each family registers its methods by name in one :class:`prunus.registry.Registry`; the study
+harness reads those registries at validation time and calls the families' entry points at run
+time, so adding a method to a family needs no change here. Methods from third-party packages
+(entry points ``prunus.<family>``) or from modules named in ``$PRUNUS_PLUGINS`` are found in
+every process, ``--workers`` processes included, on the first lookup there (see
+:mod:`prunus.registry`). A family that is not installed (or not written yet) reports
 ``None``: its policies are then unavailable and its baselines are not added.
 """
 
@@ -16,11 +19,14 @@ import numpy as np
 
 
 def score_methods() -> Collection[str] | None:
-    """Static score methods (``prunus.data.SCORE_METHODS``), or None if scoring is absent."""
+    """Static score methods (the registry ``prunus.registry.SCORES``: the built-ins
+    ``prunus.data.SCORE_METHODS`` and any registered method), or None if scoring is absent."""
     data = _module("prunus.data")
     if data is None or not hasattr(data, "score"):
         return None
-    return tuple(getattr(data, "SCORE_METHODS", ()))
+    from prunus.registry import SCORES
+
+    return SCORES.names()
 
 
 def select_policies() -> Collection[str] | None:
@@ -32,19 +38,23 @@ def select_policies() -> Collection[str] | None:
 
 
 def online_methods() -> Collection[str] | None:
-    """Online selection methods (``prunus.data.online.ONLINE_METHODS``), or None if absent."""
+    """Online selection methods (the registry ``prunus.registry.ONLINE``), or None if absent."""
     online = _module("prunus.data.online")
     if online is None or not hasattr(online, "get_online"):
         return None
-    return tuple(getattr(online, "ONLINE_METHODS", ()))
+    from prunus.registry import ONLINE
+
+    return ONLINE.names()
 
 
 def weight_methods() -> Collection[str] | None:
-    """Weight sparsity methods (``prunus.weights.WEIGHT_METHODS``), or None if absent."""
+    """Weight sparsity methods (the registry ``prunus.registry.WEIGHTS``), or None if absent."""
     weights = _module("prunus.weights")
     if weights is None or not hasattr(weights, "get_sparsifier"):
         return None
-    return tuple(getattr(weights, "WEIGHT_METHODS", ()))
+    from prunus.registry import WEIGHTS
+
+    return WEIGHTS.names()
 
 
 def negative_policies() -> Collection[str] | None:

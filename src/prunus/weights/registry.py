@@ -23,7 +23,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from prunus.errors import PrunusError, choice_error
+from prunus.errors import PrunusError
+from prunus.registry import WEIGHTS
 from prunus.train.events import Callback
 from prunus.weights.dst import SET, GraNet, RigL
 from prunus.weights.schedules import GradualMagnitude, LotteryTicket, OneShot, Sparsifier
@@ -62,20 +63,27 @@ def _cls(cls: type[Sparsifier]) -> Callable[..., Sparsifier]:
     return factory
 
 
-WEIGHT_METHODS: dict[str, Callable[..., Sparsifier]] = {
-    "random": _oneshot("random", scope="layer", allocation="uniform"),
-    "magnitude": _oneshot("magnitude", at=0.5),
-    "gradient": _oneshot("gradient"),
-    "snip": _oneshot("snip"),
-    "grasp": _oneshot("grasp"),
-    "synflow": _oneshot("synflow"),
-    "gmp": _cls(GradualMagnitude),
-    "imp": _cls(LotteryTicket),
-    "set": _cls(SET),
-    "rigl": _cls(RigL),
-    "granet": _cls(GraNet),
-    "nm": _nm,
+# The weight registry (``prunus.registry.WEIGHTS``): ``factory(sparsity, seed=0, **settings)``
+# returning a :class:`Sparsifier`; a ``target`` attribute names the class whose keywords are
+# also allowed settings. Register more anywhere with ``@WEIGHTS.register(name, summary=...)``.
+_BUILTINS = {
+    "random": (_oneshot("random", scope="layer", allocation="uniform"),
+               "one-shot at init, per-layer uniform random (baseline)"),
+    "magnitude": (_oneshot("magnitude", at=0.5), "one-shot global |θ| after 50% of training"),
+    "gradient": (_oneshot("gradient"), "one-shot global |∂L/∂θ| at init"),
+    "snip": (_oneshot("snip"), "one-shot global |θ ⊙ ∂L/∂θ| at init (SNIP)"),
+    "grasp": (_oneshot("grasp"), "one-shot global θ ⊙ Hg at init (GraSP)"),
+    "synflow": (_oneshot("synflow"), "one-shot data-free |θ ⊙ ∂R/∂θ| at init, 100 rounds (SynFlow)"),
+    "gmp": (_cls(GradualMagnitude), "gradual cubic magnitude pruning, 10%→60% of training"),
+    "imp": (_cls(LotteryTicket), "iterative magnitude pruning, 3 rounds with rewinding"),
+    "set": (_cls(SET), "sparse from init (ERK), drop |θ| / regrow random every ΔT"),
+    "rigl": (_cls(RigL), "sparse from init (ERK), drop |θ| / regrow by dense gradient"),
+    "granet": (_cls(GraNet), "gradual pruning + drop/regrow by gradient"),
+    "nm": (_nm, "one-shot N:M (2:4) magnitude after 50% of training"),
 }
+for _name, (_factory, _summary) in _BUILTINS.items():
+    WEIGHTS.add(_name, _factory, summary=_summary)
+WEIGHT_METHODS = WEIGHTS
 
 
 def get_sparsifier(method: str, sparsity: float = 0.9, seed: int = 0, **settings) -> Callback:
@@ -87,9 +95,7 @@ def get_sparsifier(method: str, sparsity: float = 0.9, seed: int = 0, **settings
     Raises:
         PrunusError: unknown method, bad sparsity, or an unknown/invalid setting.
     """
-    if method not in WEIGHT_METHODS:
-        raise choice_error("weight method", method, WEIGHT_METHODS)
-    factory = WEIGHT_METHODS[method]
+    factory = WEIGHTS.get(method)
     allowed = _allowed_settings(factory)
     unknown = sorted(set(settings) - allowed)
     if unknown:

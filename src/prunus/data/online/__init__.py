@@ -19,7 +19,6 @@ every example and accepts only keep=1).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 from prunus.data.online.infobatch import InfoBatch, InfoBatchCallback, infobatch_prune
@@ -31,24 +30,33 @@ from prunus.data.online.selective_backprop import (
     keep_probabilities,
     select_by_percentile,
 )
-from prunus.errors import PrunusError, choice_error
+from prunus.errors import PrunusError
+from prunus.registry import ONLINE
 from prunus.train.events import Callback
 
-ONLINE_METHODS: dict[str, Callable[..., Callback]] = {
-    "rs2": RS2,
-    "infobatch": InfoBatchCallback,
-    "selective_backprop": SelectiveBackprop,
-    "rho_loss": RhoLoss,
-    "reweight": LossReweighting,
-}
+# The online registry (``prunus.registry.ONLINE``); a method registered anywhere with
+# ``@ONLINE.register(name, summary=...)`` is a callback factory ``factory(keep=..., seed=...,
+# **settings)``; ``keeps_all=True`` marks one that trains on every example (keep must be 1).
+ONLINE.register("rs2", summary="repeated sampling of random subsets, a new subset every epoch")(RS2)
+ONLINE.register("infobatch", summary="prune well-learned examples per epoch, rescale the rest")(
+    InfoBatchCallback
+)
+ONLINE.register("selective_backprop", summary="backpropagate high-loss examples (percentile)")(
+    SelectiveBackprop
+)
+ONLINE.register("rho_loss", summary="train on each batch's largest reducible loss")(RhoLoss)
+ONLINE.register("reweight", keeps_all=True, summary="keep every example, weight the loss")(
+    LossReweighting
+)
+ONLINE_METHODS = ONLINE
 
 
 def get_online(name: str, keep: float | None = None, seed: int = 0, **settings: Any) -> Callback:
     """The trainer callback of online method ``name``.
 
     Args:
-        name: one of :data:`ONLINE_METHODS` (rs2, infobatch, selective_backprop, rho_loss,
-            reweight).
+        name: a registered online method (:data:`ONLINE_METHODS`, the registry
+            ``prunus.registry.ONLINE``: rs2, infobatch, selective_backprop, rho_loss, reweight).
         keep: fraction kept, in (0, 1] (default: the method's own default); see the module doc
             for its meaning per method. ``reweight`` keeps everything and accepts only 1.
         seed: seeds the method's random draws (default 0).
@@ -57,9 +65,8 @@ def get_online(name: str, keep: float | None = None, seed: int = 0, **settings: 
     Raises:
         PrunusError: an unknown name or setting, or a value outside its range.
     """
-    if name not in ONLINE_METHODS:
-        raise choice_error("online method", name, ONLINE_METHODS)
-    factory = ONLINE_METHODS[name]
+    entry = ONLINE.entry(name)
+    factory = entry.obj
     allowed = [p for p in inspect.signature(factory).parameters if p not in ("keep", "seed")]
     for key in settings:
         if key not in allowed:
@@ -67,10 +74,10 @@ def get_online(name: str, keep: float | None = None, seed: int = 0, **settings: 
                 f"{key!r} is not a setting of online method {name!r}; "
                 f"its settings are: {', '.join(allowed) or 'none'}."
             )
-    if name == "reweight":
+    if entry.defaults.get("keeps_all"):
         if keep is not None and float(keep) != 1.0:
             raise PrunusError(
-                f"keep must be 1 for online method 'reweight', which keeps every example "
+                f"keep must be 1 for online method {name!r}, which keeps every example "
                 f"(got {keep!r})."
             )
         return factory(**settings)
