@@ -32,6 +32,12 @@ _EXPORTS = {
     "token_losses": "lm",
     "mean_token_loss": "lm",
     "document_losses": "lm",
+    "train_lm": "train",
+    "evaluate_lm": "train",
+    "lm_loss": "train",
+    "LMResult": "train",
+    "LMMeter": "train",
+    "non_embedding_parameters": "train",
 }
 
 
@@ -43,6 +49,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DocumentSequences",
+    "LMMeter",
+    "LMResult",
     "PackedBlocks",
     "TextCorpus",
     "TextSplit",
@@ -50,12 +58,16 @@ __all__ = [
     "check_lm_fits",
     "document_losses",
     "document_sequences",
+    "evaluate_lm",
+    "lm_loss",
     "load_stdlib",
     "load_text",
     "load_tokenizer",
     "mean_token_loss",
+    "non_embedding_parameters",
     "pack_blocks",
     "token_losses",
     "tokenizer_cache_path",
+    "train_lm",
     "train_tokenizer",
 ]
