@@ -33,3 +33,78 @@ def require(module: str, extra: str):
         raise MissingExtraError(
             f"{module} is not installed; install it with: pip install 'prunus[{extra}]'."
         ) from exc
+
+
+# Exceptions that a parser raises on a corrupted, truncated, empty or foreign file. Library
+# errors without a common base (pyarrow, safetensors, zipfile, zlib, datasets) are recognised by
+# the module that defines them, so this module imports none of those libraries.
+_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+                UnicodeDecodeError, RecursionError, OverflowError)
+_READ_ERROR_MODULES = ("pyarrow", "safetensors", "zipfile", "zlib", "tomllib", "json", "datasets",
+                       "fsspec", "numpy")
+
+
+def _is_read_error(exc: BaseException) -> bool:
+    if isinstance(exc, _READ_ERRORS):
+        return True
+    return any(
+        (cls.__module__ or "").split(".")[0] in _READ_ERROR_MODULES for cls in type(exc).__mro__
+        if cls not in (Exception, BaseException, object)
+    )
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """``text`` as a single line of at most ``limit`` characters (for quoting a library error)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+class reading:  # noqa: N801 - used as a context manager, like a function
+    """Context manager around the reading of one user file.
+
+    Inside it, any parser error (``BadZipFile``, ``ArrowInvalid``, ``UnicodeDecodeError``,
+    ``KeyError``, a safetensors error, ...) becomes one :class:`PrunusError` sentence naming the
+    file and what it should have been: ``"{what} '{path}' is not {expected} (reason)."``. A
+    :class:`PrunusError` raised inside that does not name the file is re-raised with the file
+    in front (a leading ``"{strip}: "`` is dropped first; default ``strip`` is ``what``).
+
+    Example::
+
+        with reading(path, "score table", "a Parquet file written by prunus score"):
+            table = pq.read_table(path)
+    """
+
+    def __init__(self, path: object, what: str, expected: str | None = None, *,
+                 strip: str | None = None, hint: str = "") -> None:
+        self.path = str(path)
+        self.what = what
+        self.expected = expected
+        self.strip = what if strip is None else strip
+        self.hint = hint
+
+    def __enter__(self) -> reading:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None:
+            return False
+        import os
+
+        name = os.path.basename(self.path.rstrip(os.sep)) or self.path
+        if isinstance(exc, PrunusError):
+            message = str(exc)
+            if name in message:
+                return False
+            if self.strip and message.startswith(f"{self.strip}: "):
+                message = message[len(self.strip) + 2:]
+            raise type(exc)(f"{self.what} {self.path!r}: {message}") from None
+        if isinstance(exc, FileNotFoundError) and getattr(exc, "filename", None) == self.path:
+            raise PrunusError(f"{self.what} {self.path!r} does not exist.") from None
+        if not isinstance(exc, Exception) or isinstance(exc, MemoryError) or not _is_read_error(exc):
+            return False
+        detail = one_line(exc) or type(exc).__name__
+        if self.expected:
+            text = f"{self.what} {self.path!r} is not {self.expected} ({detail})"
+        else:
+            text = f"{self.what} {self.path!r} could not be read ({detail})"
+        raise PrunusError(text + (f"; {self.hint}" if self.hint else "") + ".") from None

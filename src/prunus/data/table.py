@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from prunus.errors import PrunusError
+from prunus.errors import PrunusError, reading
 from prunus.files import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -214,31 +214,33 @@ class ScoreTable:
         Raises:
             PrunusError: the file is missing, not Parquet, or not a prunus score table.
         """
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = Path(path)
         if not path.is_file():
             raise PrunusError(f"score table {str(path)!r} does not exist.")
-        try:
+        with reading(path, "score table", "a Parquet score table written by prunus score"):
             table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise PrunusError(f"score table {str(path)!r} is not a readable Parquet file ({exc}).") from None
-        raw = (table.schema.metadata or {}).get(METADATA_KEY)
-        if raw is None or "id" not in table.column_names or "label" not in table.column_names:
-            raise PrunusError(
-                f"score table {str(path)!r} is not a prunus score table "
-                "(it needs id and label columns and prunus metadata; make one with prunus score)."
+            raw = (table.schema.metadata or {}).get(METADATA_KEY)
+            if raw is None or "id" not in table.column_names or "label" not in table.column_names:
+                raise PrunusError(
+                    f"score table {str(path)!r} is not a prunus score table "
+                    "(it needs id and label columns and prunus metadata; make one with prunus score)."
+                )
+            metadata = json.loads(raw)
+            if not isinstance(metadata, dict):
+                raise ValueError("its prunus metadata is not a JSON object")
+            metadata.pop("format_version", None)
+            names = [n for n in table.column_names if n not in ("id", "label")]
+            for name in ("id", "label"):
+                if table.column(name).null_count:
+                    raise PrunusError(f"score table {str(path)!r}: column {name!r} has missing values.")
+            return cls(
+                ids=table.column("id").to_numpy(),
+                labels=table.column("label").to_numpy(),
+                columns={n: table.column(n).to_numpy() for n in names},
+                metadata=metadata,
             )
-        metadata = json.loads(raw)
-        metadata.pop("format_version", None)
-        names = [n for n in table.column_names if n not in ("id", "label")]
-        return cls(
-            ids=table.column("id").to_numpy(),
-            labels=table.column("label").to_numpy(),
-            columns={n: table.column(n).to_numpy() for n in names},
-            metadata=metadata,
-        )
 
 
 def _lookup(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -279,18 +281,23 @@ def read_selection(path: str | os.PathLike, dataset: Dataset | None = None) -> n
     path = Path(path)
     if not path.is_file():
         raise PrunusError(f"selection {str(path)!r} does not exist.")
-    try:
+    with reading(path, "selection", "a Parquet selection written by prunus select --out"):
         table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise PrunusError(f"selection {str(path)!r} is not a readable Parquet file ({exc}).") from None
-    raw = (table.schema.metadata or {}).get(SELECTION_KEY)
-    if raw is None or "id" not in table.column_names:
-        raise PrunusError(f"selection {str(path)!r} is not a prunus selection (it needs an id "
-                          "column and prunus metadata; make one with prunus select --out).")
-    ids = table.column("id").to_numpy()
+        raw = (table.schema.metadata or {}).get(SELECTION_KEY)
+        if raw is None or "id" not in table.column_names:
+            raise PrunusError(f"selection {str(path)!r} is not a prunus selection (it needs an id "
+                              "column and prunus metadata; make one with prunus select --out).")
+        column = table.column("id")
+        if column.null_count or not pa.types.is_integer(column.type):
+            raise PrunusError(f"selection {str(path)!r}: its id column must hold integer ids "
+                              f"without missing values (got {column.type}).")
+        ids = column.to_numpy().astype(np.int64)
+        info = json.loads(raw)
+        if not isinstance(info, dict) or not isinstance(info.get("dataset") or {}, dict):
+            raise ValueError("its prunus metadata is not a JSON object")
     if dataset is None:
         return ids
-    made_on = (json.loads(raw).get("dataset") or {}).get("fingerprint")
+    made_on = (info.get("dataset") or {}).get("fingerprint")
     if made_on is not None and made_on != dataset.fingerprint:
         raise PrunusError(
             f"selection {str(path)!r} was made on other data (fingerprint {made_on}, this "

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from prunus.datasets.base import Dataset
-from prunus.errors import PrunusError, choice_error, require
+from prunus.errors import PrunusError, choice_error, reading, require
 
 SPLIT_OPTIONS = ("name", "num_classes", "seed", "test_fraction")
 TABLE_OPTIONS = SPLIT_OPTIONS + ("features", "id", "label")
@@ -130,14 +130,21 @@ def from_path(path: str | Path, **options: Any) -> Dataset:
                 "save_to_disk (no dataset_info.json or dataset_dict.json)."
             )
         _check_options(options, TABLE_OPTIONS, path)
-        return _from_hf_dir(path, **options)
+        with reading(path, "dataset", "a Hugging Face dataset saved with save_to_disk",
+                     strip=str(options["name"])):
+            return _from_hf_dir(path, **options)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         _check_options(options, SPLIT_OPTIONS, path)
-        return _from_npz(path, **options)
+        with reading(path, "dataset", "a readable .npz file of arrays x and y",
+                     strip=str(options["name"])):
+            return _from_npz(path, **options)
     if suffix in (".parquet", ".csv"):
         _check_options(options, TABLE_OPTIONS, path)
-        return _from_table(path, **options)
+        kind = "a Parquet file" if suffix == ".parquet" else "a UTF-8 CSV file with a header row"
+        with reading(path, "dataset", f"{kind} of one row per example",
+                     strip=str(options["name"])):
+            return _from_table(path, **options)
     raise choice_error("dataset file type", suffix, [".npz", ".parquet", ".csv", "a directory"])
 
 
@@ -272,17 +279,30 @@ def _check_options(options: dict[str, Any], allowed: Iterable[str], path: Path) 
         raise choice_error(f"option for {path.suffix or 'directory'} datasets", unknown[0], allowed)
 
 
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an empty one: end record only)
+
+
 def _from_npz(path: Path, **options: Any) -> Dataset:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head not in ZIP_MAGICS:
+        what = "it is empty" if not head else "not a zip archive of .npy arrays"
+        raise PrunusError(f"dataset {str(path)!r} is not a readable .npz file ({what}).")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
         raise PrunusError(
-            f"{path.name}: cannot read it without unpickling objects, which prunus never does "
-            f"({exc})."
+            f"dataset {str(path)!r} holds object arrays, which cannot be read without "
+            "unpickling, and prunus never unpickles files; save numeric or string arrays."
         ) from None
-    except (OSError, EOFError) as exc:
-        raise PrunusError(f"{path.name} is not a readable .npz file ({exc}).") from None
+    odd = sorted(key for key, value in arrays.items() if not isinstance(value, np.ndarray))
+    if odd:
+        raise PrunusError(
+            f"dataset {str(path)!r} is not a readable .npz file ({odd[0]!r} is not a .npy array)."
+        )
     allowed = ("x", "y", "ids", "x_test", "y_test", "ids_test")
     if "x" not in arrays or "y" not in arrays:
         raise PrunusError(
@@ -296,19 +316,14 @@ def _from_npz(path: Path, **options: Any) -> Dataset:
 
 
 def _from_table(path: Path, **options: Any) -> Dataset:
-    import pyarrow as pa
+    if path.suffix.lower() == ".csv":
+        import pyarrow.csv as pa_csv
 
-    try:
-        if path.suffix.lower() == ".csv":
-            import pyarrow.csv as pa_csv
+        table = pa_csv.read_csv(path)
+    else:
+        import pyarrow.parquet as pq
 
-            table = pa_csv.read_csv(path)
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise PrunusError(f"{path.name} is not a readable {path.suffix} table ({exc}).") from None
+        table = pq.read_table(path)
     columns = {col: _arrow_column(table.column(col)) for col in table.column_names}
     return _from_columns(columns, None, where=path.name, **options)
 

@@ -73,7 +73,9 @@ def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, **options) -> Da
         PrunusError: unknown name or option, bad file, bad arrays, one-class data.
     """
     path = Path(str(name))
-    if str(name).endswith(FILE_SUFFIXES) or path.is_dir():
+    if str(name).lower().endswith(FILE_SUFFIXES) or path.is_dir() or (
+        path.suffix and path.is_file()  # a local file of another type: from_path says which
+    ):
         from prunus.datasets.adapters import from_path
 
         dataset = from_path(path, **options)

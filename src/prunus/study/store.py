@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prunus import files
-from prunus.errors import PrunusError
+from prunus.errors import PrunusError, reading
 from prunus.files import TEMP_PREFIX, reason
 from prunus.study.config import StudyConfig, parse_config, to_toml
 
@@ -156,22 +156,24 @@ class StudyStore:
         atomic_write_text(self.config_path, to_toml(values))
 
     def read_config(self) -> StudyConfig:
-        try:
-            values = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PrunusError(f"{str(self.root)!r} is not a study directory (no config.toml).") from None
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise PrunusError(f"{str(self.config_path)!r} could not be read ({exc}).") from None
+        if not self.config_path.is_file():
+            raise PrunusError(f"{str(self.root)!r} is not a study directory (no config.toml).")
+        values = self._read_toml()
         values.pop("versions", None)
         if isinstance(values.get("train"), dict):
             values["train"].pop("seed", None)  # written by older versions of the store
         return parse_config(values, source=str(self.config_path))
 
+    def _read_toml(self) -> dict[str, Any]:
+        with reading(self.config_path, "study config", "a TOML file written by prunus study"):
+            return tomllib.loads(self.config_path.read_text(encoding="utf-8"))
+
     def read_versions(self) -> dict[str, str]:
         try:
-            return tomllib.loads(self.config_path.read_text(encoding="utf-8")).get("versions", {})
-        except (OSError, tomllib.TOMLDecodeError):
+            stored = self._read_toml().get("versions", {})
+        except PrunusError:
             return {}
+        return {str(k): str(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -207,13 +209,20 @@ class StudyStore:
 
     def read_run(self, run_id: str) -> list[dict[str, Any]]:
         """The rows of one finished run, in evaluation order."""
-        return pq.read_table(self.run_path(run_id), schema=RUN_SCHEMA).to_pylist()
+        return self._read_rows(self.run_path(run_id)).to_pylist()
+
+    def _read_rows(self, path: Path) -> pa.Table:
+        """A run file or ``runs.parquet``, checked against :data:`RUN_SCHEMA`."""
+        hint = ("delete it and rerun with --resume to redo that run" if path.parent == self.runs_dir
+                else "delete it and it is rebuilt from runs/")
+        with reading(path, "study runs file", "a Parquet file of study runs", hint=hint):
+            return pq.read_table(path, schema=RUN_SCHEMA)
 
     def consolidate(self) -> int:
         """Rebuild ``runs.parquet`` from the per-run files; returns the number of rows."""
         files = sorted(p for p in self.runs_dir.glob("*.parquet") if not p.name.startswith(".")) \
             if self.runs_dir.exists() else []
-        tables = [pq.read_table(p, schema=RUN_SCHEMA) for p in files]
+        tables = [self._read_rows(p) for p in files]
         table = pa.concat_tables(tables) if tables else RUN_SCHEMA.empty_table()
         if table.num_rows:
             table = table.sort_by([("run_index", "ascending"), ("step", "ascending"),
@@ -224,9 +233,9 @@ class StudyStore:
     def read_runs(self) -> pa.Table:
         """All rows; from ``runs.parquet``, or from the per-run files if it is missing."""
         if self.runs_path.exists():
-            return pq.read_table(self.runs_path, schema=RUN_SCHEMA)
+            return self._read_rows(self.runs_path)
         self.consolidate()
-        return pq.read_table(self.runs_path, schema=RUN_SCHEMA)
+        return self._read_rows(self.runs_path)
 
     # -- scores ---------------------------------------------------------------------------
 
@@ -247,12 +256,12 @@ class StudyStore:
         atomic_write_text(self.score_meta_path(key), json.dumps(meta, indent=1, default=str))
 
     def read_score_meta(self, key: str) -> dict[str, Any]:
-        return json.loads(self.score_meta_path(key).read_text(encoding="utf-8"))
+        return _read_json_object(self.score_meta_path(key))
 
     def score_metas(self) -> dict[str, dict[str, Any]]:
         if not self.scores_dir.exists():
             return {}
-        return {p.stem: json.loads(p.read_text(encoding="utf-8"))
+        return {p.stem: _read_json_object(p)
                 for p in sorted(self.scores_dir.glob("*.json")) if not p.name.startswith(".")}
 
     def read_scores(self, key: str):
@@ -268,6 +277,16 @@ class StudyStore:
             if folder.exists():
                 for path in folder.glob(f"{TEMP_PREFIX}*"):
                     path.unlink(missing_ok=True)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A score cost record (``scores/<key>.json``): a JSON object."""
+    with reading(path, "score record", "a JSON object written by prunus study",
+                 hint="delete it and rerun with --resume to recompute those scores"):
+        value = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(value, dict):
+            raise ValueError(f"it holds a JSON {type(value).__name__}")
+        return value
 
 
 def rows_to_table(rows: Iterable[dict[str, Any]]) -> pa.Table:

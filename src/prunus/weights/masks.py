@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from prunus.errors import PrunusError
+from prunus.errors import PrunusError, one_line, reading
 from prunus.files import atomic_write
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -340,36 +340,44 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None
 def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load weights and masks written by :func:`save` into ``model`` (same architecture).
 
-    Existing masks on ``model`` are replaced. Returns ``model``.
+    Existing masks on ``model`` are replaced. Returns ``model``; names and shapes are
+    checked before anything is changed, so a mismatching file leaves ``model`` as it was.
 
     Raises:
         PrunusError: missing file, not a safetensors file, or names/shapes that do not match.
     """
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise PrunusError(f"path must be an existing safetensors file (got {str(path)!r}).")
-    try:
+    with reading(path, "weights file", "a readable safetensors file"):
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise PrunusError(f"path {str(path)!r} is not a readable safetensors file ({exc}).") from None
-    names = set(plain_state(model))
-    masks = {k[: -len("_mask")]: v.bool() for k, v in tensors.items() if k.endswith("_mask") and k[: -len("_mask")] in names}
+    current = plain_state(model)
+    names = set(current)
+    masks = {k[: -len("_mask")]: v for k, v in tensors.items() if k.endswith("_mask") and k[: -len("_mask")] in names}
     state = {k: v for k, v in tensors.items() if k in names}
     missing = sorted(names - set(state))
     unexpected = sorted(set(tensors) - set(state) - {f"{k}_mask" for k in masks})
     if missing or unexpected:
         raise PrunusError(
-            f"file {str(path)!r} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}."
+            f"file {str(path)!r} does not match the model (another architecture?): "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}."
         )
+    for name, value in [*state.items(), *masks.items()]:
+        if tuple(value.shape) != tuple(current[name].shape):
+            raise PrunusError(
+                f"file {str(path)!r} does not match the model's shapes: {name!r} has shape "
+                f"{tuple(value.shape)}, the model's is {tuple(current[name].shape)}."
+            )
     remove(model)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise PrunusError(f"file {str(path)!r} does not match the model's shapes ({str(exc).splitlines()[-1].strip()}).") from None
-    apply(model, masks)
+        raise PrunusError(
+            f"file {str(path)!r} does not match the model ({one_line(exc)})."
+        ) from None
+    apply(model, {name: mask.bool() for name, mask in masks.items()})
     return model
 
 
