@@ -150,6 +150,29 @@ def train(
     console.print(table)
 
 
+@app.command("methods")
+def methods(
+    family: str | None = typer.Argument(None, help="one family: scores, online, weights or models"),
+    as_json: bool = typer.Option(False, "--json", help="print {family: {name: summary}}"),
+) -> None:
+    """List every registered method of every family, one line each."""
+    from prunus.errors import choice_error
+    from prunus.registry import FAMILIES
+
+    if family is not None and family not in FAMILIES:
+        raise choice_error("family", family, FAMILIES)
+    chosen = [family] if family else list(FAMILIES)
+    listing = {name: FAMILIES[name].describe() for name in chosen}
+    if as_json:
+        print(json.dumps(listing))
+        return
+    for name, described in listing.items():
+        table = Table("name", "summary", title=f"{name} (prunus.registry, entry points prunus.{name})")
+        for method, summary in described.items():
+            table.add_row(method, summary)
+        console.print(table)
+
+
 def _register_families() -> None:
     for module_name in COMMAND_MODULES:
         try:
