@@ -10,6 +10,7 @@ from prunus.text.corpus import load_stdlib
 from prunus.text.lm import build_lm
 from prunus.text.tokenizer import document_sequences, pack_blocks, train_tokenizer
 from prunus.text.train import evaluate_lm, lm_loss, non_embedding_parameters, train_lm
+from prunus.train.events import Callback
 
 POOL = ["json", "csv", "heapq", "textwrap", "string", "bisect", "fnmatch", "glob", "shlex",
         "colorsys", "base64", "calendar"]
@@ -99,3 +100,56 @@ def test_gpt_tiny_learns(data):
     assert result.history[0]["val"] == pytest.approx(before)
     assert result.perplexity["val"] < 0.5 * before
     assert result.train_loss[-1] < result.train_loss[0]
+
+
+# --------------------------------------------------------------------------- Rho-1
+
+
+def test_rho1_mask_is_top_k_by_hand():
+    from prunus.text.rho1 import rho1_loss, rho1_mask
+
+    losses = torch.tensor([[2.0, 5.0, 1.0, 4.0], [3.0, 0.5, 6.0, 9.0]])
+    reference = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    # excess: [[1, 4, 0, 3], [2, -0.5, 5, (pad)]]; 7 real targets, keep ⌊0.6·7⌋ = 4
+    keep = rho1_mask(losses - reference, mask, 0.6)
+    expected = torch.tensor([[False, True, False, True], [True, False, True, False]])
+    assert torch.equal(keep, expected)
+    loss, keep2 = rho1_loss(losses, reference, mask, 0.6)
+    assert torch.equal(keep2, expected)
+    assert loss.item() == pytest.approx((5.0 + 4.0 + 3.0 + 6.0) / 4)
+    for fraction in (0.1, 0.29, 0.5, 1.0):
+        n = 1000
+        excess = torch.arange(n, dtype=torch.float32).flip(0).reshape(10, 100)
+        m = rho1_mask(excess, torch.ones(10, 100, dtype=torch.bool), fraction)
+        k = int(m.sum())
+        assert k == round(fraction * n)  # exact (0.29·1000 = 290)
+        assert torch.equal(m.reshape(-1), torch.arange(n) < k)
+    ties = rho1_mask(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), 0.5)
+    assert ties.reshape(-1).tolist() == [True, True, True, False, False, False]
+    with pytest.raises(PrunusError, match="keep_fraction"):
+        rho1_mask(losses, mask, 0.0)
+
+
+def test_rho1_in_train_lm_meters_tokens_with_gradient(data):
+    from prunus.counts import fraction_count
+    from prunus.text.rho1 import Rho1
+
+    _, tok, blocks, _ = data
+    reference = _model(tok, seed=5)
+    callback = Rho1(reference, keep_fraction=0.6)
+    seen: list[int] = []
+
+    class Record(Callback):
+        def on_after_forward(self, state):
+            seen.append(int(state.target_mask.sum()))
+
+    result = train_lm(_model(tok), blocks, tokens=2000, batch_size=8, seed=0,
+                      callbacks=[Record(), callback])
+    meter = result.meter
+    assert meter.tokens_with_grad == sum(fraction_count(0.6, n) for n in seen) == callback.kept
+    assert meter.targets == sum(seen) == callback.seen
+    assert meter.tokens_forwarded["reference"] == meter.tokens_forwarded["train"] == 2000
+    assert meter.flops["reference"] == 2 * non_embedding_parameters(reference) * 2000
+    assert meter.seconds["scoring"] > 0
+    assert 0.59 < meter.tokens_with_grad / meter.targets <= 0.6

@@ -47,6 +47,9 @@ _EXPORTS = {
     "embedding_similarity_scores": "scores",
     "document_embeddings": "scores",
     "quality_classifier_scores": "scores",
+    "Rho1": "rho1",
+    "rho1_mask": "rho1",
+    "rho1_loss": "rho1",
 }
 
 
@@ -61,6 +64,7 @@ __all__ = [
     "LMMeter",
     "LMResult",
     "PackedBlocks",
+    "Rho1",
     "TextCorpus",
     "TextSplit",
     "build_lm",
@@ -84,6 +88,8 @@ __all__ = [
     "pack_blocks",
     "perplexity_scores",
     "quality_classifier_scores",
+    "rho1_loss",
+    "rho1_mask",
     "token_losses",
     "tokenizer_cache_path",
     "train_lm",
