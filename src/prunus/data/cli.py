@@ -29,7 +29,7 @@ def score_command(
     out: Path = typer.Option(..., "--out", help="where to write the score table (.parquet)"),
     dataset: str = typer.Option("mnist1d", help="dataset name or path"),
     model: str = typer.Option("cnn1d", help="model name or package.module:factory"),
-    method: str = typer.Option("el2n", help="score method (see prunus.data.SCORE_METHODS)"),
+    method: str = typer.Option("el2n", help="score method (see prunus methods scores)"),
     seeds: int = typer.Option(1, min=1, help="number of proxy runs (seeds 0..N-1), averaged"),
     epochs: int | None = typer.Option(None, min=0, help="proxy epochs (default: proxy fraction of full epochs)"),
     full_epochs: int = typer.Option(10, min=1, help="length of the schedule the proxy run is a prefix of"),
@@ -59,13 +59,13 @@ def score_command(
     )
 
     from prunus.cli import console, err_console, parse_options
-    from prunus.data import SCORE_METHODS
     from prunus.data.scoring import score
     from prunus.datasets import load
     from prunus.errors import choice_error
+    from prunus.registry import SCORES
 
-    if method not in SCORE_METHODS:
-        raise choice_error("--method", method, SCORE_METHODS)
+    if method not in SCORES:
+        raise choice_error("--method", method, SCORES.names())
     if out.suffix != ".parquet":
         raise PrunusError(f"--out must end in .parquet (got {str(out)!r}).")
     check_writable(out)

@@ -143,7 +143,6 @@ CRITERIA: dict[str, Callable[..., Scores]] = {
     "grasp": grasp,
     "synflow": synflow,
 }
-DATA_CRITERIA = ("gradient", "snip", "grasp")
 
 
 def score(model: nn.Module, targets: list[Target], method: str = "magnitude", data=None, **settings) -> Scores:

@@ -19,7 +19,7 @@ import torch
 
 from prunus.counts import fraction_count
 from prunus.errors import PrunusError
-from prunus.weights.allocation import keep_top, layer_counts
+from prunus.weights.allocation import keep_top
 from prunus.weights.masks import apply, masks_of
 from prunus.weights.schedules import Sparsifier, gmp_sparsity
 
@@ -88,7 +88,6 @@ class DynamicSparsity(Sparsifier):
             raise PrunusError(f"until must be a fraction of training in (0, 1] (got {until!r}).")
         self.every, self.drop_fraction, self.decay, self.until = every, drop_fraction, decay, until
         self.updates = 0
-        self._capturing = False
 
     def on_fit_start(self, state) -> None:
         super().on_fit_start(state)
@@ -275,6 +274,3 @@ class GraNet(DynamicSparsity):
             self.prune_to(state, goal, "magnitude", scope=self.prune_scope)
 
 
-def erk_counts(shapes, sparsity: float) -> list[int]:
-    """Exact ERK per-layer kept counts (convenience re-export of :func:`layer_counts`)."""
-    return layer_counts(shapes, sparsity, "erk")

@@ -313,13 +313,6 @@ def sparsity_report(model: nn.Module, targets: list[Target] | None = None) -> li
     return rows
 
 
-def mask_sparsity(masks: dict[str, torch.Tensor]) -> tuple[float, int, int]:
-    """(sparsity, pruned, total) of a set of masks."""
-    total = sum(m.numel() for m in masks.values())
-    pruned = sum(int((~m).sum()) for m in masks.values())
-    return (pruned / total if total else 0.0), pruned, total
-
-
 def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write the effective weights and masks of ``model`` to a safetensors file, atomically.
 

@@ -14,8 +14,6 @@ such as ``at=0.5`` are fractions of ``state.total_steps``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from prunus.counts import fraction_count
@@ -338,6 +336,3 @@ def _masked(model):
     return masked_targets(model)
 
 
-def rounds_for(sparsity: float, per_round: float = 0.2) -> int:
-    """Rounds of IMP that prune ``per_round`` of the remaining weights to reach ``sparsity``."""
-    return max(1, math.ceil(math.log(1.0 - sparsity) / math.log(1.0 - per_round)))
