@@ -56,10 +56,11 @@ def _is_read_error(exc: BaseException) -> bool:
 def one_line(text: object, limit: int = 200) -> str:
     """``text`` as a single line of at most ``limit`` characters (for quoting a library error)."""
     line = " ".join(str(text).split())
+    line = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in line)
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-class reading:  # noqa: N801 - used as a context manager, like a function
+class reading:
     """Context manager around the reading of one user file.
 
     Inside it, any parser error (``BadZipFile``, ``ArrowInvalid``, ``UnicodeDecodeError``,
@@ -102,7 +103,12 @@ class reading:  # noqa: N801 - used as a context manager, like a function
             raise PrunusError(f"{self.what} {self.path!r} does not exist.") from None
         if not isinstance(exc, Exception) or isinstance(exc, MemoryError) or not _is_read_error(exc):
             return False
-        detail = one_line(exc) or type(exc).__name__
+        import re
+
+        text = str(exc).replace(self.path, name)  # the path is already in the sentence
+        text = re.sub(r"^Could not open Parquet input source [^:]*: ", "", text)
+        text = re.sub(r"^(CSV parse error: [^:]*):.*", r"\1", text, flags=re.S)  # not the row
+        detail = one_line(text, 160) or type(exc).__name__
         if self.expected:
             text = f"{self.what} {self.path!r} is not {self.expected} ({detail})"
         else:

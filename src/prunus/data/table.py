@@ -290,7 +290,7 @@ def read_selection(path: str | os.PathLike, dataset: Dataset | None = None) -> n
         column = table.column("id")
         if column.null_count or not pa.types.is_integer(column.type):
             raise PrunusError(f"selection {str(path)!r}: its id column must hold integer ids "
-                              f"without missing values (got {column.type}).")
+                              f"without missing values (got {column.type}, {column.null_count} missing).")
         ids = column.to_numpy().astype(np.int64)
         info = json.loads(raw)
         if not isinstance(info, dict) or not isinstance(info.get("dataset") or {}, dict):

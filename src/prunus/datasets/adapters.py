@@ -141,11 +141,14 @@ def from_path(path: str | Path, **options: Any) -> Dataset:
             return _from_npz(path, **options)
     if suffix in (".parquet", ".csv"):
         _check_options(options, TABLE_OPTIONS, path)
-        kind = "a Parquet file" if suffix == ".parquet" else "a UTF-8 CSV file with a header row"
-        with reading(path, "dataset", f"{kind} of one row per example",
+        kind = "a readable Parquet table" if suffix == ".parquet" else "a UTF-8 CSV table with a header row"
+        with reading(path, "dataset", kind,
                      strip=str(options["name"])):
             return _from_table(path, **options)
-    raise choice_error("dataset file type", suffix, [".npz", ".parquet", ".csv", "a directory"])
+    raise PrunusError(
+        f"dataset file type of {str(path)!r} must be one of: .csv, .npz, .parquet, a directory "
+        f"(got {suffix!r})."
+    )
 
 
 def from_torch(
@@ -396,6 +399,8 @@ def _from_columns(
     **split_options: Any,
 ) -> Dataset:
     """Pick the label, id and feature columns of a table and build the dataset."""
+    if not columns or not len(next(iter(columns.values()))):
+        raise PrunusError(f"{where}: the table has no rows (or no columns).")
     if label not in columns:
         raise choice_error(f"label column of {where}", label, columns)
     if id not in columns and id != "id":

@@ -162,7 +162,8 @@ class StudyStore:
         values.pop("versions", None)
         if isinstance(values.get("train"), dict):
             values["train"].pop("seed", None)  # written by older versions of the store
-        return parse_config(values, source=str(self.config_path))
+        with reading(self.config_path, "study config", "a study configuration"):
+            return parse_config(values, source=str(self.config_path))
 
     def _read_toml(self) -> dict[str, Any]:
         with reading(self.config_path, "study config", "a TOML file written by prunus study"):
@@ -216,6 +217,10 @@ class StudyStore:
         hint = ("delete it and rerun with --resume to redo that run" if path.parent == self.runs_dir
                 else "delete it and it is rebuilt from runs/")
         with reading(path, "study runs file", "a Parquet file of study runs", hint=hint):
+            own = pq.read_schema(path).names  # older stores lack newer columns: read as null
+            lacking = [name for name in ("run_id", "run_index", "status") if name not in own]
+            if lacking:
+                raise ValueError(f"it has no {lacking[0]!r} column")
             return pq.read_table(path, schema=RUN_SCHEMA)
 
     def consolidate(self) -> int:
