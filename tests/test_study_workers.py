@@ -326,3 +326,15 @@ def test_ctrl_c_stops_a_pool_study_cleanly(tmp_path):
         for pid in kids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_resume_may_add_seeds_but_not_remove_them(tmp_path):
+    from prunus.errors import PrunusError
+
+    out = tmp_path / "out"
+    first = run_study(small_config(tmp_path, seeds=(0,)), out, progress=False)
+    more = run_study(small_config(tmp_path, seeds=(0, 1)), out, resume=True, progress=False)
+    assert more.runs == 2 * first.runs and more.ran == first.runs  # only the new seed ran
+    assert sorted({r["seed"] for r in final_rows(out)}) == [0, 1]
+    with pytest.raises(PrunusError, match="a resume may add seeds, not remove them"):
+        run_study(small_config(tmp_path, seeds=(1,)), out, resume=True, progress=False)

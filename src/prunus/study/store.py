@@ -126,12 +126,19 @@ class StudyStore:
                 )
             stored = self.read_config()
             old, new = stored.comparable(), config.comparable()
+            added_seeds = set(new["seeds"]) > set(old["seeds"])
+            if added_seeds:  # more seeds extend a study: the runs already done stay valid
+                old = {**old, "seeds": new["seeds"]}
             if old != new:
                 field = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+                hint = (" (a resume may add seeds, not remove them)" if field == "seeds" else "")
                 raise PrunusError(
                     f"--out {str(self.root)!r} holds a study whose setting {field!r} differs "
-                    "from this config; resume it with its own config or choose another --out."
+                    f"from this config{hint}; resume it with its own config or choose another "
+                    "--out."
                 )
+            if added_seeds:
+                self.write_config(config)
             self.remove_temporaries()
             return
         if self.root.exists() and not self.root.is_dir():
