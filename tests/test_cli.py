@@ -116,3 +116,18 @@ def test_lazy_package_names_are_never_shadowed_by_their_submodules(package):
         importlib.import_module(f"{package}.{info.name}")  # rebinds any colliding attribute
     for name in module.__all__:
         assert not inspect.ismodule(getattr(module, name)), f"{package}.{name} is a module"
+
+
+def test_evaluate_a_saved_sparse_model_matches_what_prune_reported(tmp_path, capsys):
+    out = str(tmp_path / "m.safetensors")
+    data = ["--dataset", "mnist1d", "-o", "train_size=400", "-o", "test_size=150"]
+    assert invoke("prune", *data, "--model", "mlp", "--method", "magnitude", "--sparsity",
+                  "0.8", "--epochs", "1", "--out", out, "--json") == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert invoke("evaluate", out, "--json") == 0  # dataset, options and model from the file
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == pruned["accuracy"]
+    assert evaluated["sparsity"] == pytest.approx(pruned["achieved_sparsity"])
+    (tmp_path / "junk.safetensors").write_text("junk")
+    assert invoke("evaluate", str(tmp_path / "junk.safetensors")) == 2
+    assert "is not a readable safetensors file" in capsys.readouterr().err

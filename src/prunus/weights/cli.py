@@ -11,6 +11,7 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add ``prunus prune`` to the command line."""
     app.command("prune")(prune_command)
+    app.command("evaluate")(evaluate_command)
 
 
 def prune_command(
@@ -73,6 +74,7 @@ def prune_command(
         save(net, out, metadata={
             "method": method, "sparsity": sparsity, "dataset": dataset, "model": model,
             "seed": seed, "accuracy": final.get("accuracy"),
+            "dataset_options": json.dumps(parse_options(option)),
         })
     if as_json:
         summary = {
@@ -98,3 +100,48 @@ def prune_command(
     )
     if out is not None:
         console.print(f"weights and masks written to {out}")
+
+
+def evaluate_command(
+    path: Path = typer.Argument(..., help="weights + masks written by prunus prune --out"),
+    dataset: str | None = typer.Option(None, help="dataset name or path (default: the file's)"),
+    model: str | None = typer.Option(None, help="model name (default: the file's)"),
+    option: list[str] | None = typer.Option(None, "--option", "-o",
+                                            help="dataset name=value (default: the file's)"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
+) -> None:
+    """Test accuracy and per-layer sparsity of a saved sparse model, on the data it was
+    trained for (or another dataset of the same shape)."""
+    from prunus.cli import console, parse_options
+    from prunus.datasets import load
+    from prunus.errors import PrunusError, reading
+    from prunus.models import build_model
+    from prunus.train.trainer import evaluate
+    from prunus.weights import load as load_weights
+    from prunus.weights import sparsity_report
+
+    if not path.is_file():
+        raise PrunusError(f"path must be an existing safetensors file (got {str(path)!r}).")
+    from safetensors import safe_open
+
+    with reading(path, "weights file", "a readable safetensors file"), \
+            safe_open(str(path), "pt") as handle:
+        info = handle.metadata() or {}
+    dataset = dataset or info.get("dataset")
+    model = model or info.get("model")
+    if not dataset or not model:
+        raise PrunusError(f"{str(path)!r} does not record its dataset and model; pass "
+                          "--dataset and --model.")
+    options = parse_options(option) if option else json.loads(info.get("dataset_options", "{}"))
+    data = load(dataset, **options)
+    net = build_model(model, data.input_shape, data.num_classes, seed=0)
+    load_weights(net, path)
+    result = evaluate(net, data.test)
+    rows = sparsity_report(net)
+    if as_json:
+        print(json.dumps({"dataset": dataset, "model": model, **result,
+                          "sparsity": rows[-1]["sparsity"], "layers": rows}, default=str))
+        return
+    console.print(f"{model} on {dataset}: test accuracy {100 * result['accuracy']:.2f}%, "
+                  f"loss {result['loss']:.4f}, sparsity {100 * rows[-1]['sparsity']:.2f}%",
+                  highlight=False)
