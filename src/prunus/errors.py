@@ -7,6 +7,7 @@ values. The CLI prints it without a traceback and exits with status 2.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Self
 
 
 class PrunusError(ValueError):
@@ -83,7 +84,7 @@ class reading:
         self.strip = what if strip is None else strip
         self.hint = hint
 
-    def __enter__(self) -> reading:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:
@@ -107,7 +108,7 @@ class reading:
 
         text = str(exc).replace(self.path, name)  # the path is already in the sentence
         text = re.sub(r"^Could not open Parquet input source [^:]*: ", "", text)
-        text = re.sub(r"^(CSV parse error: [^:]*):.*", r"\1", text, flags=re.S)  # not the row
+        text = re.sub(r"^(CSV parse error: [^:]*):.*", r"\1", text, flags=re.DOTALL)  # not the row
         detail = one_line(text, 160) or type(exc).__name__
         if self.expected:
             text = f"{self.what} {self.path!r} is not {self.expected} ({detail})"

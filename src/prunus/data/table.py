@@ -229,7 +229,7 @@ class ScoreTable:
                 )
             metadata = json.loads(raw)
             if not isinstance(metadata, dict):
-                raise ValueError("its prunus metadata is not a JSON object")
+                raise TypeError("its prunus metadata is not a JSON object")
             metadata.pop("format_version", None)
             names = [n for n in table.column_names if n not in ("id", "label")]
             for name in ("id", "label"):
@@ -294,7 +294,7 @@ def read_selection(path: str | os.PathLike, dataset: Dataset | None = None) -> n
         ids = column.to_numpy().astype(np.int64)
         info = json.loads(raw)
         if not isinstance(info, dict) or not isinstance(info.get("dataset") or {}, dict):
-            raise ValueError("its prunus metadata is not a JSON object")
+            raise TypeError("its prunus metadata is not a JSON object")
     if dataset is None:
         return ids
     made_on = (info.get("dataset") or {}).get("fingerprint")

@@ -297,7 +297,7 @@ def _read_json_object(path: Path) -> dict[str, Any]:
                  hint="delete it and rerun with --resume to recompute those scores"):
         value = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(value, dict):
-            raise ValueError(f"it holds a JSON {type(value).__name__}")
+            raise TypeError(f"it holds a JSON {type(value).__name__}")
         return value
 
 
