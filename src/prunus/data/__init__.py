@@ -29,7 +29,13 @@ SCORE_METHODS = (
     "kcenter",
 )
 
-_LAZY = {"score": "prunus.data.scoring", "ScoreTable": "prunus.data.table"}
+_LAZY = {
+    "score": "prunus.data.scoring",
+    "ScoreTable": "prunus.data.table",
+    "find_label_issues": "prunus.data.labels",
+    "confident_learning": "prunus.data.labels",
+    "out_of_fold_probs": "prunus.data.labels",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -38,4 +44,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'prunus.data' has no attribute {name!r}")
 
 
-__all__ = ["SCORE_METHODS", "SELECT_POLICIES", "ScoreTable", "TieWarning", "score", "select"]
+__all__ = [
+    "SCORE_METHODS", "SELECT_POLICIES", "ScoreTable", "TieWarning", "confident_learning",
+    "find_label_issues", "out_of_fold_probs", "score", "select",
+]
