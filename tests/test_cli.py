@@ -131,3 +131,13 @@ def test_evaluate_a_saved_sparse_model_matches_what_prune_reported(tmp_path, cap
     (tmp_path / "junk.safetensors").write_text("junk")
     assert invoke("evaluate", str(tmp_path / "junk.safetensors")) == 2
     assert "is not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_pair_noise_from_the_command_line(capsys):
+    code = invoke("train", "--dataset", "digits", "--model", "mlp", "--epochs", "1",
+                  "--noise", "0.2", "--noise-kind", "pairs", "--json")
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)["dataset"]
+    assert summary["flipped"] == round(0.2 * summary["train"])
+    assert invoke("train", "--dataset", "digits", "--noise", "0.2", "--noise-kind", "odd") == 2
+    assert "noise kind must be one of" in capsys.readouterr().err

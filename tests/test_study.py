@@ -244,3 +244,16 @@ def test_a_model_that_does_not_fit_its_data_is_refused_before_any_run(tmp_path):
     config = parse_config(base(models=[{"name": "mlp", "options": {"colour": 1}}]))
     with pytest.raises(PrunusError, match=r"^models\[0\]: model 'mlp' could not be built"):
         run_study(config, tmp_path / "out", progress=False)
+
+
+def test_dataset_noise_kind_is_checked_and_reaches_the_loader():
+    import numpy as np
+
+    from prunus.study.runs import load_dataset
+
+    config = parse_config(base(datasets=[{"name": "digits", "noise": 0.2, "noise_kind": "pairs"}]))
+    data = load_dataset(config.datasets[0].model_dump())
+    flipped = np.isin(data.ids, data.flipped_ids)
+    assert np.array_equal(data.y[flipped], (data.clean_y[flipped] + 1) % data.num_classes)
+    assert error_of(base(datasets=[{"name": "digits", "noise_kind": "odd"}])).startswith(
+        "datasets[0].noise_kind must be one of")

@@ -101,7 +101,8 @@ def train(
     keep: float | None = typer.Option(None, help="fraction of data kept per epoch by --online"),
     subset: Path | None = typer.Option(None, help="train on the ids of a selection "
                                        "(.parquet written by 'prunus select --out')"),
-    noise: float = typer.Option(0.0, help="symmetric label-noise rate"),
+    noise: float = typer.Option(0.0, help="label-noise rate"),
+    noise_kind: str = typer.Option("symmetric", help="symmetric or pairs (c -> c+1 mod C)"),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
 ) -> None:
@@ -121,7 +122,7 @@ def train(
     if keep is not None and not online:
         raise PrunusError("--keep applies only with --online (e.g. --online rs2 --keep 0.3); "
                           "to train on a fixed subset, pass --subset SELECTION.parquet.")
-    data = load(dataset, noise=noise, **parse_options(option))
+    data = load(dataset, noise=noise, noise_kind=noise_kind, **parse_options(option))
     if subset is not None:
         from prunus.data.table import read_selection
 

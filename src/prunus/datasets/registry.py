@@ -58,7 +58,8 @@ def get_entry(name: str) -> DatasetEntry:
     return _REGISTRY[name]
 
 
-def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, **options) -> Dataset:
+def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, noise_kind: str = "symmetric",
+         **options) -> Dataset:
     """Load a dataset by registry name or local path.
 
     Args:
@@ -67,6 +68,8 @@ def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, **options) -> Da
         noise: symmetric label-noise rate in [0, 1): that fraction of training labels (exactly
             ``round(noise * N)``) is moved to a uniformly drawn *other* class. Default 0.
         noise_seed: seed of the noise draw. Default 0.
+        noise_kind: ``symmetric`` (to a uniformly drawn other class) or ``pairs`` (each class
+            to one confusable class, ``c -> (c + 1) mod C``).
         **options: the loader's own options (see ``prunus datasets show NAME``).
 
     Raises:
@@ -96,7 +99,7 @@ def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, **options) -> Da
             "classification needs at least two."
         )
     if noise:
-        dataset = add_label_noise(dataset, rate=noise, seed=noise_seed)
+        dataset = add_label_noise(dataset, rate=noise, seed=noise_seed, kind=noise_kind)
     return dataset
 
 

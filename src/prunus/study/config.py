@@ -78,6 +78,7 @@ class DatasetConfig(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict)
     noise: float = Field(0.0, ge=0, lt=1)
     noise_seed: int = Field(0, ge=0)
+    noise_kind: Literal["symmetric", "pairs"] = "symmetric"
     label: str | None = None
 
     @model_validator(mode="after")

@@ -310,7 +310,9 @@ def load_dataset(entry: dict[str, Any]):
     key = json.dumps(entry, sort_keys=True, default=str)
     if key not in _DATASETS:
         _DATASETS[key] = load(entry["name"], noise=entry.get("noise", 0.0),
-                              noise_seed=entry.get("noise_seed", 0), **entry.get("options", {}))
+                              noise_seed=entry.get("noise_seed", 0),
+                              noise_kind=entry.get("noise_kind", "symmetric"),
+                              **entry.get("options", {}))
     return _DATASETS[key]
 
 
