@@ -141,3 +141,16 @@ def test_pair_noise_from_the_command_line(capsys):
     assert summary["flipped"] == round(0.2 * summary["train"])
     assert invoke("train", "--dataset", "digits", "--noise", "0.2", "--noise-kind", "odd") == 2
     assert "noise kind must be one of" in capsys.readouterr().err
+
+
+def test_labels_find_writes_a_table_and_measures_itself_on_injected_noise(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "issues.parquet"
+    assert invoke("labels", "find", "--dataset", "digits", "--noise", "0.2", "--noise-kind",
+                  "pairs", "--epochs", "3", "--folds", "3", "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "against the 288 labels flipped: precision" in printed
+    table = pq.read_table(out)
+    assert {"id", "label_issue", "is_issue", "suggested_label"} <= set(table.column_names)
+    assert invoke("labels", "find", "--dataset", "digits", "--out", str(tmp_path / "x.csv")) == 2
