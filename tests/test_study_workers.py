@@ -103,7 +103,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_pool_workers_and_resource_tracker_die_with_a_killed_study(tmp_path):
-    config = small_config(tmp_path, seeds=range(12), epochs=3)
+    config = small_config(tmp_path, seeds=range(60), epochs=5)  # still running at SIGINT
     command = [sys.executable, "-m", "prunus.cli", "study", str(config), "--out",
                str(tmp_path / "out"), "--workers", "2", "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -289,7 +289,7 @@ def test_an_interrupted_studys_report_says_it_is_incomplete(tmp_path, monkeypatc
 def test_ctrl_c_stops_a_pool_study_cleanly(tmp_path):
     """SIGINT to the whole process group (what Ctrl-C does): the workers ignore it, the study
     stops them, stores no in-flight run as failed, and exits 130 saying how to resume."""
-    config = small_config(tmp_path, seeds=range(12), epochs=3)
+    config = small_config(tmp_path, seeds=range(60), epochs=5)  # still running at SIGINT
     out = tmp_path / "out"
     command = [sys.executable, "-m", "prunus.cli", "study", str(config), "--out", str(out),
                "--workers", "2", "--quiet"]
