@@ -154,3 +154,13 @@ def test_labels_find_writes_a_table_and_measures_itself_on_injected_noise(tmp_pa
     table = pq.read_table(out)
     assert {"id", "label_issue", "is_issue", "suggested_label"} <= set(table.column_names)
     assert invoke("labels", "find", "--dataset", "digits", "--out", str(tmp_path / "x.csv")) == 2
+
+
+def test_datasets_show_a_hugging_face_directory(tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    rows = {"f1": [float(i % 7) for i in range(40)], "f2": [float(i % 5) for i in range(40)],
+            "label": [i % 2 for i in range(40)]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "hf"))
+    assert invoke("datasets", "show", str(tmp_path / "hf")) == 0
+    out = capsys.readouterr().out
+    assert "fingerprint" in out and "class counts" in out

@@ -70,7 +70,7 @@ def datasets_show(
     option: list[str] | None = typer.Option(None, "--option", "-o", help="name=value"),
 ) -> None:
     """Load a dataset and show its sizes, classes, options and fingerprint."""
-    from prunus.datasets import load
+    from prunus.datasets import list_datasets, load
     from prunus.datasets.registry import get_entry
 
     options = parse_options(option)
@@ -80,7 +80,7 @@ def datasets_show(
         table.add_row(key, str(value))
     if hasattr(dataset, "class_counts"):  # retrieval datasets (pycode) have no classes
         table.add_row("class counts", str(dataset.class_counts().tolist()))
-    if not name.endswith((".npz", ".parquet", ".csv")):
+    if name in {entry.name for entry in list_datasets()}:  # files and directories: no defaults
         defaults = {**get_entry(name).options(), **options}
         table.add_row("options", ", ".join(f"{k}={v}" for k, v in defaults.items()))
     console.print(table)
