@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -185,11 +186,23 @@ def _register_families() -> None:
         module.register(app)
 
 
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one sentence and exit with status 2."""
     _register_families()
     try:
         app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED and argv is None:  # a real process, not an in-process call
+            # An interrupted study has stored every finished run and its report atomically.
+            # Leave at once: after its workers were terminated, the process pool's manager
+            # and queue threads can otherwise keep the interpreter from exiting.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(INTERRUPTED)
+        raise
     except PrunusError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
