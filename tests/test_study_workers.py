@@ -293,8 +293,15 @@ def test_ctrl_c_stops_a_pool_study_cleanly(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "prunus.cli", "study", str(config), "--out", str(out),
                "--workers", "2", "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    # A shell without job control starts background jobs with SIGINT ignored, and a child
+    # inherits "ignored": handle it here for the moment of the spawn, so the child starts
+    # with the default disposition, as under an interactive terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     kids: dict[int, str] = {}
     try:
         deadline = time.time() + 120
