@@ -12,8 +12,7 @@ Nothing heavy is imported here: ``transformers`` and ``tokenizers`` load on firs
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from prunus.lazy import lazy_getattr
 
 _EXPORTS = {
     "TextCorpus": "corpus",
@@ -53,10 +52,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"prunus.text.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'prunus.text' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 
 __all__ = [
