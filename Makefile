@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_EXTRAS := datasets
-TEST_EXTRAS := datasets,dev,text,lm,ray
+TEST_EXTRAS := datasets,dev,text,lm,ray,lightning
 
 .PHONY: demo test lint clean
 
