@@ -1,0 +1,568 @@
+"""Recovery after pruning: a short fine-tune of a few parameters, masks held fixed, on a
+recovery set chosen by a prunus data policy.
+
+This is where the two halves of prunus meet in one decision: *which weights* were pruned
+(any mask of :mod:`prunus.weights`) and *which examples* repair the damage.
+
+What is trained (``params``):
+
+- ``"norm+bias"`` — PERP (Zimmer et al. 2023, *PERP: Rethinking the Prune-Retrain Paradigm
+  in the Era of LLMs*): only the parameters of normalisation layers (LayerNorm, RMSNorm, …)
+  and every bias; well under 1% of a transformer's parameters, and no mask can be touched.
+- ``"lora"`` — LoRA adapters (Hu et al. 2021) via ``peft`` on the masked linear layers:
+  ``W' = W + (α/r)·B·A``. At the end the delta is merged back **through the mask**,
+  ``W' = (W + (α/r)·B·A) ⊙ M``, so pruned positions stay exactly zero and the model has no
+  adapter left. During training the adapter's delta is dense (peft's forward), so the merged
+  model can differ slightly from the one trained; pass ``eval_sets`` to see both
+  (``result.train.perplexity`` is before the merge, ``result.perplexity`` after).
+- ``"all"`` — every parameter; masked weights stay masked (their parametrization makes the
+  gradient at pruned positions exactly zero, and :func:`prunus.weights.zero_pruned` holds
+  the underlying values at zero).
+
+Which data (``policy``):
+
+- ``"random"`` — a seeded uniform subset of the documents (the baseline).
+- ``"loss_increase"`` — in the spirit of PASER (2025, *Post-Training Data Selection for
+  Efficient Pruned LLM Recovery*): ``score(x) = ℓ_pruned(x) − ℓ_dense(x)``, the increase of
+  the document's mean token loss caused by pruning; keep the highest. Needs the ``dense``
+  model. (PASER also spreads the set over semantic clusters; that part is not done here.)
+- any :class:`~prunus.data.table.ScoreTable` keyed by document id, kept with
+  :func:`prunus.data.select` (its ``metadata["keep"]`` policy, else ``"hardest"``).
+
+Compute is charged honestly: tokens forwarded to score the documents (the pruned and the
+dense model for ``loss_increase``) and tokens forwarded in training, with theoretical FLOPs
+(``2·N`` per scoring token, ``6·N`` per training token, as in :mod:`prunus.text.train`).
+
+Example::
+
+    prunus.weights.prune(model, 0.5, include_last=False)
+    result = prunus.weights.recover(model, sequences, budget=50_000, params="norm+bias",
+                                    policy="loss_increase", dense=dense_model)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunus.data.table import HIGHER_IS_HARDER, ScoreTable
+from prunus.errors import PrunusError, choice_error, require
+from prunus.weights.masks import masked_targets, zero_pruned
+
+PARAMS = ("norm+bias", "lora", "all")
+POLICIES = ("random", "loss_increase")
+UNITS = ("tokens", "steps")
+# Default peak learning rates: a few parameters move further per step than all of them.
+DEFAULT_LR = {"norm+bias": 1e-3, "lora": 1e-3, "all": 1e-4}
+ADAPTER = "default"
+
+__all__ = [
+    "DEFAULT_LR",
+    "PARAMS",
+    "POLICIES",
+    "UNITS",
+    "RecoveryResult",
+    "loss_increase_scores",
+    "norm_and_bias_parameters",
+    "recover",
+    "recovery_set",
+]
+
+
+@dataclass
+class RecoveryResult:
+    """What :func:`recover` did and what it cost.
+
+    Attributes:
+        model: the recovered model (the same object, changed in place; no adapter left).
+        params: the ``params`` mode.
+        trainable: names of the parameters trained (LoRA: the adapter matrices).
+        n_trainable: how many values they hold.
+        ids: the document ids of the recovery set, ascending.
+        scores: the score table the set was chosen by (None for ``random``).
+        train: the :class:`~prunus.text.train.LMResult` of the fine-tune (its perplexities
+            are the trained model's, before a LoRA merge).
+        perplexity: ``eval_sets`` perplexities of the returned model (after the merge).
+        compute: tokens forwarded for ``scoring`` and ``training`` and their sum ``tokens``,
+            theoretical ``flops`` and wall ``seconds`` by phase, and ``score_table_cost``
+            (a given table's own recorded cost, charged to whoever made it).
+    """
+
+    model: nn.Module
+    params: str
+    trainable: list[str]
+    n_trainable: int
+    ids: np.ndarray
+    scores: ScoreTable | None
+    train: Any
+    perplexity: dict[str, float] = field(default_factory=dict)
+    compute: dict[str, Any] = field(default_factory=dict)
+
+
+def recover(
+    model: nn.Module,
+    data: Any,
+    budget: int,
+    params: str = "norm+bias",
+    *,
+    policy: str | ScoreTable = "random",
+    dense: nn.Module | None = None,
+    fraction: float = 0.25,
+    unit: str = "tokens",
+    select_policy: str | None = None,
+    column: str | None = None,
+    batch_size: int = 16,
+    lr: float | None = None,
+    seed: int = 0,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    lora_targets: list[str] | None = None,
+    weight_decay: float = 0.0,
+    schedule: str = "cosine",
+    warmup: float = 0.05,
+    grad_clip: float | None = 1.0,
+    eval_sets: Mapping[str, Any] | None = None,
+    scoring_batch_size: int = 32,
+) -> RecoveryResult:
+    """Fine-tune a pruned causal LM briefly on a chosen recovery set, masks held fixed.
+
+    The recovery set is ``⌊fraction·D⌋`` of the ``D`` documents of ``data`` chosen by
+    ``policy`` (:func:`recovery_set`); the fine-tune (:func:`prunus.text.train.train_lm`:
+    AdamW, warmup + cosine, seeded order) visits their windows for exactly ``budget`` training
+    tokens (or ``budget`` steps), cycling through the set as often as needed.
+
+    Args:
+        model: the pruned causal LM (masks from :mod:`prunus.weights`; an unmasked model
+            works too). Changed in place.
+        data: a :class:`~prunus.text.tokenizer.DocumentSequences` of the candidate documents
+            (``document_sequences(split, tokenizer, context_length, max_windows=None)``
+            scores and trains on whole documents).
+        budget: training tokens (``unit="tokens"``) or optimizer steps (``unit="steps"``), a
+            positive integer.
+        params: ``"norm+bias"`` (default, PERP), ``"lora"`` or ``"all"``.
+        policy: ``"random"`` (default), ``"loss_increase"`` or a ScoreTable keyed by document id.
+        dense: the unpruned model, needed by ``"loss_increase"``.
+        fraction: share of the documents in the recovery set, in (0, 1]. Default 0.25.
+        unit: ``"tokens"`` (default) or ``"steps"``.
+        select_policy: :func:`prunus.data.select` policy for a ScoreTable (default: its
+            ``metadata["keep"]``, else ``"hardest"``).
+        column: score column of a ScoreTable (default: its main score).
+        batch_size: windows per step. Default 16.
+        lr: peak learning rate (default :data:`DEFAULT_LR` of ``params``: 1e-3, 1e-3, 1e-4).
+        seed: seed of the random recovery set, of tie-breaking and of the training order.
+        lora_rank, lora_alpha: LoRA's ``r`` and ``α``. Defaults 8 and 16.
+        lora_targets: module names given LoRA adapters (default: the modules whose weight is
+            masked, else every linear layer that is not tied to an embedding).
+        weight_decay: AdamW decay on matrices. Default 0 (a short repair, not a new training).
+        schedule, warmup, grad_clip: as in :func:`~prunus.text.train.train_lm`.
+        eval_sets: name -> sequences evaluated (perplexity) before and after.
+        scoring_batch_size: windows per scoring forward pass. Default 32.
+
+    Returns:
+        A :class:`RecoveryResult`.
+
+    Raises:
+        PrunusError: unknown ``params``, ``policy`` or ``unit``; ``budget`` not a positive
+            integer; ``fraction`` outside (0, 1]; ``loss_increase`` without ``dense``; a score
+            table with ids that are not documents of ``data``; no parameter to train for
+            ``params`` on this model; ``peft`` missing for ``lora``.
+    """
+    if params not in PARAMS:
+        raise choice_error("params", params, PARAMS)
+    if unit not in UNITS:
+        raise choice_error("unit", unit, UNITS)
+    budget = _check_budget(budget, unit)
+    if lr is None:
+        lr = DEFAULT_LR[params]
+    _check_sequences(data)
+    from prunus.text.train import LMMeter, evaluate_lm, non_embedding_parameters, train_lm
+
+    meter = LMMeter()
+    ids, table = recovery_set(
+        model, data, policy, fraction, dense=dense, seed=seed, select_policy=select_policy,
+        column=column, batch_size=scoring_batch_size, meter=meter,
+    )
+    blocks = _rows_of(data, ids)
+    tokens = budget if unit == "tokens" else _tokens_for_steps(blocks, budget, batch_size, seed)
+    zero_pruned(model)
+    session = _Trainable(model, params, lora_rank, lora_alpha, lora_targets)
+    try:
+        train = train_lm(
+            model, blocks, tokens=tokens, batch_size=batch_size, lr=lr, seed=seed,
+            eval_sets=eval_sets, weight_decay=weight_decay, schedule=schedule, warmup=warmup,
+            grad_clip=grad_clip, meter=meter,
+        )
+        session.finish(merge=True)
+    except BaseException:
+        session.finish(merge=False)
+        raise
+    zero_pruned(model)
+    perplexity = dict(train.perplexity)
+    if params == "lora" and eval_sets:
+        meter.n_params = non_embedding_parameters(model)
+        with meter.timing("eval"):
+            for name, sequences in eval_sets.items():
+                perplexity[name] = evaluate_lm(model, sequences, meter=meter)[0]
+    scoring = int(meter.tokens_forwarded.get("scoring", 0))
+    training = int(meter.tokens_forwarded["train"])
+    compute = {
+        "scoring_tokens": scoring,
+        "training_tokens": training,
+        "tokens": scoring + training,
+        "eval_tokens": int(meter.tokens_forwarded["eval"]),
+        "flops": dict(meter.flops),
+        "flops_theoretical": True,
+        "seconds": dict(meter.seconds),
+        "score_table_cost": dict(table.metadata.get("cost") or {}) if isinstance(policy, ScoreTable) else {},
+    }
+    return RecoveryResult(
+        model=model, params=params, trainable=session.names, n_trainable=session.count,
+        ids=ids, scores=table if policy != "random" else None, train=train,
+        perplexity=perplexity, compute=compute,
+    )
+
+
+# --------------------------------------------------------------------------- recovery data
+
+
+def recovery_set(
+    model: nn.Module,
+    data: Any,
+    policy: str | ScoreTable = "random",
+    fraction: float = 0.25,
+    *,
+    dense: nn.Module | None = None,
+    seed: int = 0,
+    select_policy: str | None = None,
+    column: str | None = None,
+    batch_size: int = 32,
+    meter: Any = None,
+) -> tuple[np.ndarray, ScoreTable]:
+    """The document ids of a recovery set and the table they were chosen from.
+
+    ``random``: :func:`prunus.data.select` with policy ``"random"`` (seeded). ``loss_increase``:
+    :func:`loss_increase_scores`, keep the highest. A ScoreTable: ``select`` with
+    ``select_policy`` (default its ``metadata["keep"]``, else ``"hardest"``). Exactly
+    ``⌊fraction·D⌋`` documents of the table are kept; documents carry no class
+    (``stratify=False``). Scoring tokens are charged to ``meter`` (phase ``scoring``).
+
+    Raises:
+        PrunusError: unknown policy, ``loss_increase`` without ``dense``, a table whose ids are
+            not documents of ``data``, ``fraction`` outside (0, 1].
+    """
+    from prunus.data.select import select
+
+    _check_sequences(data)
+    doc_ids = _document_ids(data)
+    if isinstance(policy, ScoreTable):
+        table = policy
+        unknown = np.setdiff1d(table.ids, doc_ids)
+        if len(unknown):
+            raise PrunusError(
+                f"policy: the score table's ids must be document ids of data; "
+                f"{len(unknown)} are not (e.g. {int(unknown[0])})."
+            )
+        keep = select_policy or table.metadata.get("keep") or "hardest"
+    elif policy == "random":
+        table = ScoreTable(doc_ids, np.zeros(len(doc_ids)), {"random": np.zeros(len(doc_ids))},
+                           {"method": "random", "keep": "random"})
+        keep = "random"
+    elif policy == "loss_increase":
+        if dense is None:
+            raise PrunusError(
+                "dense must be the unpruned model when policy is 'loss_increase' "
+                "(the score is the pruned model's loss minus the dense model's)."
+            )
+        table = loss_increase_scores(model, dense, data, batch_size=batch_size, meter=meter)
+        keep = "hardest"
+    else:
+        raise choice_error("policy", policy, [*POLICIES, "a ScoreTable"])
+    ids = select(table, fraction, keep, stratify=False, seed=seed, column=column)
+    return np.asarray(ids, dtype=np.int64), table
+
+
+def loss_increase_scores(
+    pruned: nn.Module,
+    dense: nn.Module,
+    sequences: Any,
+    *,
+    batch_size: int = 32,
+    meter: Any = None,
+) -> ScoreTable:
+    """Loss increase from pruning, per document (in the spirit of PASER, 2025).
+
+    ``score(x) = ℓ_pruned(x) − ℓ_dense(x)`` with ``ℓ(x)`` the document's mean next-token loss
+    over all its windows (:func:`prunus.text.lm.document_losses`). Higher means pruning hurt
+    this document more; a recovery set keeps the highest (``metadata["keep"] = "hardest"``).
+    Columns ``loss_increase``, ``pruned_loss``, ``dense_loss``, ``tokens``; ``metadata["cost"]``
+    has the seconds and the theoretical FLOPs (``2·N`` per token forwarded, both models).
+
+    Args:
+        pruned: the pruned model.
+        dense: the same model before pruning.
+        sequences: :class:`~prunus.text.tokenizer.DocumentSequences` of the candidates.
+        batch_size: windows per forward pass. Default 32.
+        meter: an :class:`~prunus.text.train.LMMeter` charged with the scoring tokens.
+    """
+    from prunus.text.lm import document_losses
+    from prunus.text.train import non_embedding_parameters
+
+    _check_sequences(sequences)
+    start = time.perf_counter()
+    context = meter.timing("scoring") if meter is not None else _nothing()
+    with context:
+        after = document_losses(pruned, sequences, batch_size=batch_size)
+        before = document_losses(dense, sequences, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    forwarded = int(np.asarray(sequences.attention_mask).sum())
+    flops = 0.0
+    for net in (pruned, dense):
+        n = non_embedding_parameters(net)
+        flops += 2.0 * n * forwarded
+        if meter is not None:
+            meter.charge_forward("scoring", forwarded, n)
+    increase = after["loss"] - before["loss"]
+    columns = {
+        "loss_increase": increase,
+        "pruned_loss": after["loss"],
+        "dense_loss": before["loss"],
+        "tokens": after["tokens"].astype(np.float64),
+    }
+    return ScoreTable(
+        after["id"],
+        np.zeros(len(increase), dtype=np.int64),
+        columns,
+        {
+            "method": "loss_increase",
+            "column": "loss_increase",
+            "directions": dict.fromkeys(columns, HIGHER_IS_HARDER),
+            "keep": "hardest",
+            "cost": {"seconds": seconds, "flops": flops, "flops_theoretical": True,
+                     "tokens": 2 * forwarded},
+        },
+    )
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def norm_and_bias_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """PERP's trainable set: every parameter of a normalisation module (``LayerNorm``,
+    ``RMSNorm``, ``GroupNorm``, ``BatchNorm*`` or any module whose class name ends in
+    ``Norm``) and every parameter named ``bias``. Masked weights are never in it."""
+    out, seen = [], set()
+    for module_name, module in model.named_modules():
+        norm = isinstance(module, _NORM_TYPES) or type(module).__name__.endswith("Norm")
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen or not (norm or name == "bias"):
+                continue
+            seen.add(id(p))
+            out.append((f"{module_name}.{name}" if module_name else name, p))
+    return out
+
+
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+)
+
+
+class _Trainable:
+    """Freeze everything but the chosen parameters (injecting LoRA adapters for ``lora``);
+    :meth:`finish` merges the adapters through the masks and restores ``requires_grad``."""
+
+    def __init__(self, model: nn.Module, params: str, rank: int, alpha: float,
+                 targets: list[str] | None) -> None:
+        self.model = model
+        self.params = params
+        self.flags = {id(p): (p, p.requires_grad) for p in model.parameters()}
+        self.lora_modules: list[str] = []
+        if params == "lora":
+            self._inject(rank, alpha, targets)
+        chosen = self._chosen()
+        if not chosen:
+            raise PrunusError(
+                f"params {params!r} finds nothing to train on this model "
+                f"({_missing_reason(params)}); use one of: {', '.join(PARAMS)}."
+            )
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for _, p in chosen:
+            p.requires_grad_(True)
+        self.names = [name for name, _ in chosen]
+        self.count = sum(p.numel() for _, p in chosen)
+
+    def _chosen(self) -> list[tuple[str, nn.Parameter]]:
+        if self.params == "norm+bias":
+            return norm_and_bias_parameters(self.model)
+        if self.params == "lora":
+            return [(n, p) for n, p in self.model.named_parameters() if "lora_" in n]
+        return list(self.model.named_parameters())
+
+    def _inject(self, rank: int, alpha: float, targets: list[str] | None) -> None:
+        if int(rank) != rank or rank < 1:
+            raise PrunusError(f"lora_rank must be a positive integer (got {rank!r}).")
+        if not alpha > 0:
+            raise PrunusError(f"lora_alpha must be positive (got {alpha!r}).")
+        names = lora_target_modules(self.model) if targets is None else list(targets)
+        known = set(lora_target_modules(self.model, masked_only=False))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise PrunusError(
+                f"lora_targets must name linear layers of the model, e.g. "
+                f"{', '.join(sorted(known)[:4]) or 'none found'} (got {unknown[0]!r})."
+            )
+        if not names:
+            return
+        peft = require("peft", "lm")
+        modules = dict(self.model.named_modules())
+        conv1d = {n for n in names if not isinstance(modules[n], nn.Linear)}
+        if conv1d and len(conv1d) != len(names):
+            raise PrunusError(
+                "lora_targets must be all nn.Linear or all GPT-2 Conv1D layers, not a mix."
+            )
+        config = peft.LoraConfig(
+            r=int(rank), lora_alpha=alpha, lora_dropout=0.0, bias="none",
+            target_modules=names, fan_in_fan_out=bool(conv1d),
+        )
+        peft.inject_adapter_in_model(config, self.model, adapter_name=ADAPTER)
+        self.lora_modules = names
+
+    @torch.no_grad()
+    def finish(self, merge: bool) -> None:
+        if self.lora_modules:
+            _merge_lora(self.model, self.lora_modules, merge)
+            self.lora_modules = []
+        for p, flag in self.flags.values():
+            p.requires_grad_(flag)
+
+
+def lora_target_modules(model: nn.Module, masked_only: bool = True) -> list[str]:
+    """Names of the layers LoRA adapts by default: those whose weight carries a mask (when
+    any does and ``masked_only``), else every ``nn.Linear`` / GPT-2 ``Conv1D`` whose weight is
+    not tied to an embedding (the output head)."""
+    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    linear = []
+    for name, module in model.named_modules():
+        if not (isinstance(module, nn.Linear) or _is_conv1d(module)):
+            continue
+        if not name or id(_underlying(module)) in embedding:
+            continue
+        linear.append(name)
+    if masked_only:
+        masked = {t.name.rpartition(".")[0] for t in masked_targets(model)}
+        chosen = [n for n in linear if n in masked]
+        if chosen:
+            return chosen
+    return linear
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's transposed linear layer (``transformers.pytorch_utils.Conv1D``), also when a
+    parametrization has subclassed it."""
+    return any(c.__name__ == "Conv1D" for c in type(module).__mro__)
+
+
+def _underlying(module: nn.Module) -> torch.Tensor:
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
+def _merge_lora(model: nn.Module, names: list[str], merge: bool) -> None:
+    """Replace every adapted layer by its base layer; with ``merge``, first add the adapter's
+    delta to the base weight through its mask: ``original += ΔW ⊙ M`` (so ``W' = (W + ΔW) ⊙ M``
+    and pruned positions stay exactly zero)."""
+    modules = dict(model.named_modules())
+    for name in names:
+        layer = modules[name]
+        base = layer.base_layer
+        if merge:
+            delta = layer.get_delta_weight(ADAPTER).to(_underlying(base).dtype)
+            from torch.nn.utils import parametrize
+
+            if parametrize.is_parametrized(base, "weight"):
+                mask = next(p.mask for p in base.parametrizations.weight if hasattr(p, "mask"))
+                base.parametrizations.weight.original.add_(delta * mask)
+            else:
+                base.weight.add_(delta)
+        parent_name, _, child = name.rpartition(".")
+        parent = modules[parent_name] if parent_name else model
+        setattr(parent, child, base)
+
+
+def _missing_reason(params: str) -> str:
+    return {
+        "norm+bias": "no normalisation layer and no bias",
+        "lora": "no linear layer to adapt",
+        "all": "no parameters",
+    }[params]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_budget(budget: Any, unit: str) -> int:
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer, float)) or (
+        not math.isfinite(budget) or int(budget) != budget or budget < 1
+    ):
+        raise PrunusError(
+            f"budget must be a positive integer number of {unit} (got {budget!r})."
+        )
+    return int(budget)
+
+
+def _check_sequences(data: Any) -> None:
+    if not all(hasattr(data, a) for a in ("doc_ids", "input_ids", "attention_mask")):
+        raise PrunusError(
+            "data must be DocumentSequences (prunus.text.document_sequences) "
+            f"(got {type(data).__name__})."
+        )
+    if len(data.doc_ids) == 0:
+        raise PrunusError("data holds no documents to recover on.")
+
+
+def _document_ids(data: Any) -> np.ndarray:
+    doc = np.asarray(data.doc_ids, dtype=np.int64)
+    _, first = np.unique(doc, return_index=True)
+    return doc[np.sort(first)]
+
+
+def _rows_of(data: Any, ids: np.ndarray):
+    """The windows of the chosen documents as training blocks (padding stays padding)."""
+    from prunus.text.tokenizer import PackedBlocks
+
+    rows = np.flatnonzero(np.isin(np.asarray(data.doc_ids), ids))
+    input_ids = np.asarray(data.input_ids)[rows]
+    mask = np.asarray(data.attention_mask)[rows]
+    owner = np.where(mask > 0, np.asarray(data.doc_ids)[rows][:, None], -1)
+    return PackedBlocks(input_ids, mask, owner.astype(np.int64))
+
+
+def _tokens_for_steps(blocks: Any, steps: int, batch_size: int, seed: int) -> int:
+    """The token budget that makes :func:`~prunus.text.train.train_lm` take exactly ``steps``
+    steps: the real tokens of the first ``steps`` batches of its seeded plan."""
+    from prunus.text.train import _plan
+
+    real = np.asarray(blocks.attention_mask).sum(1).astype(np.int64)
+    per_pass = math.ceil(int((real > 0).sum()) / batch_size)
+    if per_pass == 0:
+        raise PrunusError("the recovery set holds no tokens.")
+    plan = _plan(real, batch_size, seed, tokens=None, epochs=math.ceil(steps / per_pass))
+    return int(sum(real[rows].sum() for rows, _ in plan[:steps]))
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
