@@ -189,7 +189,7 @@ def test_folds_are_checked():
     with pytest.raises(PrunusError, match="pred_probs must have shape"):
         find_label_issues(data, pred_probs=np.full((59, 3), 1 / 3))
     with pytest.raises(PrunusError, match="label method"):
-        find_label_issues(data, method="aum")
+        find_label_issues(data, method="nope")
 
 
 def test_pair_noise_is_exact_and_recorded():
