@@ -69,6 +69,7 @@ from prunus.study import plugins
 Fraction = Annotated[float, Field(gt=0, le=1)]
 Sparsity = Annotated[float, Field(ge=0, lt=1)]
 TARGET_PATTERN = re.compile(r"^full-(\d+(?:\.\d+)?)pp$")
+RELATIVE_TARGET = re.compile(r"^full\+(\d+(?:\.\d+)?)%$")  # lower-is-better metrics
 
 
 class DatasetConfig(StrictModel):
@@ -178,6 +179,7 @@ class PolicyConfig(StrictModel):
     online: str | None = None
     weights: str | None = None
     negatives: str | None = None
+    lm: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     keep: list[Fraction] | None = None
     sparsity: list[Annotated[float, Field(gt=0, lt=1)]] | None = None
@@ -188,17 +190,18 @@ class PolicyConfig(StrictModel):
     def _one_kind(self) -> PolicyConfig:
         kinds = [k for k in KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("needs exactly one of score, online, weights or negatives")
+            raise ValueError("needs exactly one of score, online, weights, negatives or lm")
         if self.kind != "static":
             for name in ("select_options",):
                 if getattr(self, name):
                     raise ValueError(f"{name} applies only to static (score) policies")
-        if self.kind == "negatives":
-            for name in ("keep", "sparsity"):
+        if self.kind in ("negatives", "lm"):
+            names = ("keep", "sparsity") if self.kind == "negatives" else ("sparsity",)
+            for name in names:
                 if getattr(self, name) is not None:
-                    raise ValueError(f"{name} does not apply to a negatives policy")
+                    raise ValueError(f"{name} does not apply to a {self.kind} policy")
             if self.train:
-                raise ValueError("train does not apply to a negatives policy; set its options")
+                raise ValueError(f"train does not apply to a {self.kind} policy; set its options")
         if self.kind == "weights" and self.keep is not None:
             raise ValueError("keep applies to data policies; a weight policy takes sparsity")
         if self.kind in ("static", "online") and self.sparsity is not None:
@@ -207,16 +210,18 @@ class PolicyConfig(StrictModel):
         return self
 
     @property
-    def kind(self) -> Literal["static", "online", "weights", "negatives"]:
+    def kind(self) -> Literal["static", "online", "weights", "negatives", "lm"]:
         if self.score is not None:
             return "static"
         if self.online is not None:
             return "online"
-        return "weights" if self.weights is not None else "negatives"
+        if self.weights is not None:
+            return "weights"
+        return "negatives" if self.negatives is not None else "lm"
 
     @property
     def method(self) -> str:
-        return self.score or self.online or self.weights or self.negatives or ""
+        return self.score or self.online or self.weights or self.negatives or self.lm or ""
 
     @property
     def display(self) -> str:
@@ -227,7 +232,7 @@ class PolicyConfig(StrictModel):
         return display_name(self.method)
 
 
-KINDS = ("score", "online", "weights", "negatives")
+KINDS = ("score", "online", "weights", "negatives", "lm")
 
 
 class ExecutionConfig(StrictModel):
@@ -254,6 +259,7 @@ class StudyConfig(StrictModel):
     models: list[ModelConfig] = Field(default_factory=list)
     train: TrainConfig = Field(default_factory=TrainConfig)
     negatives: dict[str, Any] = Field(default_factory=dict)
+    lm: dict[str, Any] = Field(default_factory=dict)
     policies: list[PolicyConfig] = Field(default_factory=list)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
@@ -279,12 +285,12 @@ class StudyConfig(StrictModel):
     def _targets(cls, targets: list[float | str]) -> list[float | str]:
         for target in targets:
             if isinstance(target, str):
-                if not TARGET_PATTERN.match(target):
+                if not (TARGET_PATTERN.match(target) or RELATIVE_TARGET.match(target)):
                     raise ValueError(
                         f"must be accuracies in (0, 1] or 'full-<N>pp' such as 'full-1pp' "
-                        f"(got {target!r})"
+                        f"(perplexities above 0 or 'full+<N>%' in an lm study; got {target!r})"
                     )
-            elif not 0 < target <= 1:
+            elif not 0 < target:
                 raise ValueError(f"must be accuracies in (0, 1] (got {target!r})")
         return targets
 
@@ -305,20 +311,37 @@ class StudyConfig(StrictModel):
 
     @model_validator(mode="after")
     def _policies(self) -> StudyConfig:
-        retrieval_only = bool(self.policies) and all(
-            p.kind == "negatives" for p in self.policies)
+        own_task_only = bool(self.policies) and all(
+            p.kind in ("negatives", "lm") for p in self.policies)
         for name in ("datasets", "models"):
-            if not getattr(self, name) and not retrieval_only:
+            if not getattr(self, name) and not own_task_only:
                 raise PolicyError(f"{name} must list at least one entry (only a study of "
-                                  "negatives policies alone may leave it out).")
+                                  "negatives or lm policies alone may leave it out).")
+        for i, target in enumerate(self.targets):
+            if self.has_lm and TARGET_PATTERN.match(str(target)):
+                raise PolicyError(f"targets[{i}]: an lm study's metric is perplexity (lower is "
+                                  f"better): use perplexities or 'full+<N>%' (got {target!r}).")
+            if not self.has_lm and (RELATIVE_TARGET.match(str(target)) or
+                                    not isinstance(target, str) and target > 1):
+                raise PolicyError(f"targets[{i}] must be an accuracy in (0, 1] or "
+                                  f"'full-<N>pp' such as 'full-1pp' (got {target!r}).")
         if self.negatives:
             check_negatives("negatives", self.negatives, {})
+        if self.lm:
+            check_lm("lm", self.lm, {})
         seen: dict[str, int] = {}
         for i, policy in enumerate(self.policies):
             where = f"policies[{i}]"
             if policy.kind == "negatives":
                 check_negatives(f"{where}.options", self.negatives, policy.options,
                                 policy.negatives)
+            elif policy.kind == "lm":
+                if policy.keep is not None and self.lm_keeps_of(policy) == [1.0] \
+                        and policy.keep != [1.0]:
+                    raise PolicyError(f"{where}.keep does not apply to {policy.lm!r}, which "
+                                      "trains on the whole pool; set options.token_keep.")
+                for keep in self.lm_keeps_of(policy):
+                    check_lm(f"{where}.options", self.lm, policy.options, policy.lm, keep)
             else:
                 check_method(policy, where, self.keeps_of(policy), self.sparsities_of(policy))
             if policy.kind == "static":
@@ -352,9 +375,25 @@ class StudyConfig(StrictModel):
         """The settings of a negatives run: the study's ``[negatives]``, then the policy's."""
         return {**self.negatives, **(options or {}), "policy": policy}
 
+    def lm_keeps_of(self, policy: PolicyConfig) -> list[float]:
+        """The keeps an LM policy runs at: the keep list for a document selection, 1 for a
+        policy that trains on the whole pool (Rho-1 selects tokens, not documents)."""
+        from prunus.text.study import TOKEN_POLICIES
+
+        return [1.0] if policy.lm in TOKEN_POLICIES else self.keeps_of(policy)
+
+    def lm_of(self, policy: str, options: dict[str, Any] | None = None,
+              keep: float = 1.0) -> dict[str, Any]:
+        """The settings of an LM run: the study's ``[lm]``, then the policy's options."""
+        return {**self.lm, **(options or {}), "policy": policy, "keep": keep}
+
     @property
     def has_negatives(self) -> bool:
         return any(p.kind == "negatives" for p in self.policies)
+
+    @property
+    def has_lm(self) -> bool:
+        return any(p.kind == "lm" for p in self.policies)
 
     def comparable(self) -> dict[str, Any]:
         """The settings that decide results (execution settings left out), for resume checks."""
@@ -366,6 +405,7 @@ RESERVED_LABELS = {
     "online": ("full data", "random", "RS2"),
     "weights": ("dense", "random pruning"),
     "negatives": ("in-batch", "random", "pre-trained"),
+    "lm": ("full pool", "random", "target sample", "random tokens"),
 }
 
 
@@ -559,6 +599,25 @@ def check_negatives(field: str, shared: dict[str, Any], options: dict[str, Any],
         raise PolicyError(f"{field}.{message}.") from None
 
 
+def check_lm(field: str, shared: dict[str, Any], options: dict[str, Any],
+             policy: str | None = None, keep: float = 1.0) -> None:
+    """An LM policy's name and merged settings, validated now (one sentence per error)."""
+    from prunus.text.study import BASELINES, LM_POLICIES, check_lm_config
+
+    chosen = [p for p in LM_POLICIES if p not in BASELINES]
+    if policy is not None and policy not in chosen:
+        raise PolicyError(choice_sentence(field.removesuffix(".options") + ".lm", policy, chosen))
+    for name in ("policy", "keep"):
+        if name in options or name in shared:
+            where = "the policy itself" if name == "policy" else "the study's keep list"
+            raise PolicyError(f"{field}.{name} is set by {where}; remove it.")
+    try:
+        check_lm_config({**shared, **options, "policy": policy or "full", "keep": keep})
+    except PrunusError as exc:
+        message = str(exc).rstrip(".").removeprefix("lm.")
+        raise PolicyError(f"{field}.{message}.") from None
+
+
 def dry_run(field: str, build, *args, **kwargs) -> None:
     """Build a policy's callback (or selection) once now, so bad settings fail before any run."""
     try:
@@ -578,6 +637,8 @@ DISPLAY_NAMES = {
     "snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow", "rigl": "RigL", "set": "SET",
     "gmp": "GMP", "imp": "IMP", "infobatch": "InfoBatch", "rho_loss": "RHO-LOSS",
     "granet": "GraNet", "wanda": "Wanda", "pretrained": "pre-trained",
+    "dsir": "DSIR", "color-filter": "CoLoR-Filter", "rho1": "Rho-1",
+    "embedding-similarity": "embedding similarity", "quality-classifier": "quality classifier",
 }
 
 
@@ -586,12 +647,17 @@ def display_name(name: str) -> str:
     return DISPLAY_NAMES.get(name, name)
 
 
-def target_value(target: float | str, full_accuracy: float) -> float:
-    """An accuracy target: absolute, or ``full-<N>pp`` below full data's mean final accuracy."""
+def target_value(target: float | str, full_accuracy: float, direction: int = 1) -> float:
+    """A target value of the metric: absolute; ``full-<N>pp`` below full data's mean final
+    accuracy; ``full+<N>%`` above the reference's mean where lower is better (perplexity).
+    A target that does not fit the metric's direction is NaN (never reached)."""
     if isinstance(target, str):
         match = TARGET_PATTERN.match(target)
+        if match is not None:
+            return full_accuracy - float(match.group(1)) / 100 if direction == 1 else math.nan
+        match = RELATIVE_TARGET.match(target)
         assert match is not None  # validated
-        return full_accuracy - float(match.group(1)) / 100
+        return full_accuracy * (1 + float(match.group(1)) / 100) if direction == -1 else math.nan
     return float(target)
 
 

@@ -43,8 +43,9 @@ from prunus.study import plugins
 from prunus.study.config import PolicyConfig, StudyConfig, display_name
 
 FULL, RANDOM, STATIC, ONLINE, NEGATIVES = "full", "random", "static", "online", "negatives"
+LM = "lm"  # a language-model data arm (a selection policy or the target sample)
 SHORT = "short"  # full data on a schedule shortened to another arm's compute
-CLASSIFICATION, RETRIEVAL = "classification", "retrieval"
+CLASSIFICATION, RETRIEVAL, LANGUAGE = "classification", "retrieval", "lm"
 DENSE, WEIGHTS = "dense", "weights"
 FULL_LABEL, RANDOM_LABEL = "full data", "random"
 DENSE_LABEL, RANDOM_PRUNING_LABEL = "dense", "random pruning"
@@ -160,8 +161,9 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str],
                                         fingerprints[dataset.display], model_spec)
                         job = jobs.setdefault(job.key, job)
                     planned.append((setting, dataset_spec, model_spec, arm, seed, job, size))
-    if config.has_negatives:
-        arms_by_setting = negatives_arms(config)
+    own_tasks = [negatives_arms(config)] if config.has_negatives else []
+    own_tasks += [lm_arms(config)] if config.has_lm else []
+    for arms_by_setting in own_tasks:
         for seed in config.seeds:
             for setting, (dataset_spec, model_spec, setting_arms) in arms_by_setting.items():
                 planned += [(setting, dataset_spec, model_spec, arm, seed, None, 0)
@@ -173,15 +175,17 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str],
     runs: list[RunSpec] = []
     run_of: dict[tuple[str, str, int], str] = {}  # (setting, policy, seed) -> run_id
     for index, (setting, dataset_spec, model_spec, arm, seed, job, size) in enumerate(planned):
-        if arm.task == RETRIEVAL:
+        if arm.task in (RETRIEVAL, LANGUAGE):
             train = json.loads(arm.train)
-            identity = {"task": RETRIEVAL, "data": asdict(arm.data), "seed": seed,
-                        "negatives": train}
+            identity = {"task": arm.task, "data": asdict(arm.data), "seed": seed,
+                        "settings": train}
+            if arm.task == RETRIEVAL:  # the key run ids have always been hashed with
+                identity["negatives"] = identity.pop("settings")
             runs.append(RunSpec(
                 run_id=digest(identity, 12), index=index, setting=setting,
                 dataset=dataset_spec, model=model_spec, data=arm.data,
                 weights=WeightArm(DENSE, DENSE_LABEL, baseline=True), seed=seed, train=train,
-                task=RETRIEVAL, random_baseline=arm.random,
+                task=arm.task, random_baseline=arm.random,
             ))
             continue
         train = {**config.train.model_dump(exclude={"seed"}), **json.loads(arm.train)}
@@ -300,6 +304,68 @@ def negatives_arms(config: StudyConfig) -> dict[str, tuple[dict, dict, list[Arm]
         if key not in unique[setting]:
             unique[setting][key] = arm
             out[setting][2].append(arm)
+    return out
+
+
+def lm_arms(config: StudyConfig) -> dict[str, tuple[dict, dict, list[Arm]]]:
+    """Setting label -> (corpus, model, arms) of a language-model study, baselines first.
+
+    Every arm trains for the same tokens. Baselines: the full pool (the reference, which is
+    also the same compute), the target sample alone, a random document subset at each keep
+    (the random baseline of the selections at that keep) and, for Rho-1, a random share of
+    each batch's tokens (its random baseline at the same share).
+    """
+    from prunus.text.study import TOKEN_POLICIES, check_lm_config
+
+    dense = WeightArm(DENSE, DENSE_LABEL, baseline=True)
+    policies = [p for p in config.policies if p.kind == "lm"]
+
+    def settings(name: str, options: dict, keep: float) -> dict[str, Any]:
+        return check_lm_config(config.lm_of(name, options, keep)).model_dump(mode="json")
+
+    def token_label(options: dict) -> str:
+        share = options.get("token_keep", config.lm.get("token_keep", 0.6))
+        return f"random tokens, keep {percent(share)}"
+
+    entries: list[tuple[DataArm, dict, str | None]] = [
+        (DataArm(FULL, "full pool", method="full", baseline=True), settings("full", {}, 1.0),
+         None),
+        (DataArm(LM, "target sample", method="target", baseline=True),
+         settings("target", {}, 1.0), None),
+    ]
+    keeps = sorted({k for p in policies for k in config.lm_keeps_of(p) if k < 1})
+    for keep in keeps:
+        entries.append((DataArm(RANDOM, RANDOM_LABEL, keep=keep, method="random", baseline=True),
+                        settings("random", {}, keep), None))
+    for policy in policies:
+        if policy.lm in TOKEN_POLICIES:
+            label = token_label(policy.options)
+            entries.append((DataArm(LM, label, method="random-tokens", baseline=True),
+                            settings("random-tokens", {"token_keep": settings(
+                                policy.lm, policy.options, 1.0)["token_keep"]}, 1.0), None))
+            share = settings(policy.lm, policy.options, 1.0)["token_keep"]
+            entries.append((DataArm(LM, f"{policy.display}, tokens {percent(share)}",
+                                    method=policy.lm, options=canonical(policy.options)),
+                            settings(policy.lm, policy.options, 1.0), label))
+            continue
+        for keep in config.lm_keeps_of(policy):
+            random = f"{RANDOM_LABEL}, keep {percent(keep)}" if keep < 1 else None
+            entries.append((DataArm(LM, f"{policy.display}, keep {percent(keep)}", keep=keep,
+                                    method=policy.lm, options=canonical(policy.options)),
+                            settings(policy.lm, policy.options, keep), random))
+    out: dict[str, tuple[dict, dict, list[Arm]]] = {}
+    seen: set[tuple[str, str]] = set()
+    for data, values, random in entries:
+        target = values["target"] if isinstance(values["target"], str) \
+            else ",".join(values["target"])
+        setting = f"{values['corpus']} → {target} / {values['model']}"
+        if setting not in out:
+            out[setting] = ({"name": values["corpus"], "options": values["corpus_options"]},
+                            {"name": values["model"], "options": values["model_options"]}, [])
+        if (setting, data.label) in seen:  # one random-tokens baseline per share
+            continue
+        seen.add((setting, data.label))
+        out[setting][2].append(Arm(data, dense, canonical(values), task=LANGUAGE, random=random))
     return out
 
 
@@ -453,8 +519,8 @@ def score_job(config: StudyConfig, policy: PolicyConfig, dataset: dict[str, Any]
 
 def arm_label(data: DataArm, weights: WeightArm) -> str:
     """``full data``; ``EL2N-hardest, keep 50%``; ``magnitude, sparsity 80%``; or both.
-    Negatives arms (which keep every pair) are named by their policy alone."""
-    if data.kind == NEGATIVES or (data.method is not None and data.keep == 1.0
+    Negatives and language-model arms are named by their own label (which says its share)."""
+    if data.kind in (NEGATIVES, LM) or (data.method is not None and data.keep == 1.0
                                   and data.kind in (FULL, RANDOM)):
         return data.label
     if data.kind == SHORT or data.matches is not None:

@@ -79,6 +79,13 @@ def run_negatives(config: dict[str, Any], seed: int) -> dict[str, Any]:
     return run_policy(config, seed=seed)
 
 
+def run_lm(config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``prunus.text.study.run_lm_policy(...)``: select, train and evaluate one LM arm."""
+    from prunus.text.study import run_lm_policy
+
+    return run_lm_policy(config, seed=seed)
+
+
 def compute_scores(dataset, *, model: str, method: str, epochs: int, seeds: list[int],
                    **settings: Any):
     """``prunus.data.score(...)``: a score table from short proxy runs."""

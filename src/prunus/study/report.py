@@ -32,6 +32,7 @@ from prunus.study.stats import (
     Recommendation,
     WinRate,
     recommend,
+    higher_is_better,
     summarize,
 )
 from prunus.study.store import StudyStore, atomic_write_text
@@ -54,8 +55,13 @@ def write_report(store: StudyStore, path=None) -> Report:
     summaries = summarize(rows, config.targets)
     verdicts = [verdict(s) for s in summaries]
     margin = study_margin(config.targets)
-    answers = [answer(recommend(summaries, setting, margin))
-               for setting in dict.fromkeys(s.setting for s in summaries)]
+    answers = []
+    for setting in dict.fromkeys(s.setting for s in summaries):
+        members = [s for s in summaries if s.setting == setting]
+        if higher_is_better(members[0].metric):
+            answers.append(answer(recommend(summaries, setting, margin)))
+        else:
+            answers.append(selection_answer(members))
     page = render(config, rows, summaries, verdicts, answers, store.score_metas(),
                   store.read_versions(), store.planned_runs())
     path = path or store.report_path
@@ -115,6 +121,32 @@ def answer(r: Recommendation) -> str:
     return text
 
 
+def selection_answer(members: list[ArmSummary]) -> str:
+    """The first sentence for a setting compared at equal compute (a language-model study):
+    the best selection that beats its random baseline, or that none is shown to."""
+    setting = members[0].setting
+    metric = members[0].metric
+    name = metric_name(metric)
+    full = next((s for s in members if s.is_full), None)
+    if full is None or not full.seeds:
+        return f"{setting}: no answer: the full-pool reference did not finish."
+    chosen = [s for s in members if not s.baseline and s.seeds and s.comparison("random")]
+    if not chosen:
+        return f"{setting}: no selection policy finished a run to compare with random."
+    winners = [s for s in chosen if s.comparison("random").verdict == BEATS]
+    pool = winners or chosen
+    best = min(pool, key=lambda s: s.accuracy.mean)
+    vs_random = comparison_text(best.comparison("random"), best)
+    vs_full = comparison_text(best.comparison("full"), best) if best.comparison("full") else ""
+    head = (f"{setting}: use {best.policy}" if winners else
+            f"{setting}: no selection is shown to beat random at the same tokens; the lowest "
+            f"{name} is {best.policy}'s")
+    return (f"{head}: {pct(best.accuracy.mean, metric)} "
+            f"{interval(best.accuracy, pct_bounds=True, metric=metric)} {name} (lower is "
+            f"better) over {len(best.seeds)} seeds, {vs_random}; {vs_full}; "
+            f"{cost_phrase(best)}.")
+
+
 def ratio_text(e: Estimate) -> str:
     if math.isnan(e.mean):
         return "n/a×"
@@ -137,7 +169,8 @@ def verdict(s: ArmSummary) -> str:
         reason = next(iter(s.failures.values()), "no run finished")
         return f"{s.policy}: failed in all {seeds} seeds ({reason})"
     if s.is_full:
-        text = f"{s.policy}: {pct(s.accuracy.mean)} {interval(s.accuracy, pct_bounds=True)} " \
+        text = f"{s.policy}: {pct(s.accuracy.mean, s.metric)} " \
+               f"{interval(s.accuracy, pct_bounds=True, metric=s.metric)} " \
                f"test {metric_name(s.metric)} over {len(s.seeds)} " \
                f"seed{'s' * (len(s.seeds) != 1)}, the reference"
         if len(s.seeds) < 2:
@@ -162,7 +195,8 @@ def comparison_text(c: Comparison, s: ArmSummary) -> str:
         rival = "same compute"
     else:
         rival = c.rival if s.data_kind == "full" and s.weight_policy != "dense" else "random"
-    head = f"{pp(c.difference.mean)} vs {rival} {interval(c.difference)}"
+    head = (f"{pp(c.difference.mean, s.metric)} vs {rival} "
+            f"{interval(c.difference, metric=s.metric)}")
     return f"{head}: {verdict_word(c)}"
 
 
@@ -207,6 +241,9 @@ def cost_phrase(s: ArmSummary) -> str:
     if s.metric == "accuracy" and not math.isnan(s.backpropagated.mean):
         text += (f"; {s.backpropagated.mean:.2f}× the examples backpropagated, "
                  f"{s.forwarded.mean:.2f}× forwarded")
+    elif not is_fraction(s.metric) and not math.isnan(s.backpropagated.mean) \
+            and abs(s.backpropagated.mean - 1) > 0.005:
+        text += f"; {s.backpropagated.mean:.2f}× the tokens carrying gradient"
     if s.flops_theoretical and not math.isnan(s.flops_ratio.mean):
         text += f"; {s.flops_ratio.mean:.2f}× {reference} FLOPs (theoretical)"
     return text
@@ -217,22 +254,37 @@ def metric_name(metric: str) -> str:
     return {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10"}.get(metric, metric)
 
 
-def pct(value: float) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+def is_fraction(metric: str) -> bool:
+    """Accuracy and retrieval metrics are fractions (shown in % and pp); perplexity is not."""
+    return higher_is_better(metric)
 
 
-def pp(value: float) -> str:
+def unit_scale(metric: str) -> float:
+    """What a metric is multiplied by to be shown: 100 for a fraction, else 1."""
+    return 100.0 if is_fraction(metric) else 1.0
+
+
+def pct(value: float, metric: str = "accuracy") -> str:
     if value is None or math.isnan(value):
         return "n/a"
-    shown = f"{100 * value:+.1f}"
+    return f"{100 * value:.1f}%" if is_fraction(metric) else f"{value:.1f}"
+
+
+def pp(value: float, metric: str = "accuracy") -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    shown = f"{unit_scale(metric) * value:+.1f}"
     if shown == "-0.0":
         shown = "+0.0"  # a tiny negative mean rounds to zero: no sign to show
-    return f"{shown}pp".replace("-", MINUS)
+    return f"{shown}{'pp' if is_fraction(metric) else ''}".replace("-", MINUS)
 
 
-def interval(e: Estimate, pct_bounds: bool = False) -> str:
+def interval(e: Estimate, pct_bounds: bool = False, metric: str = "accuracy") -> str:
     if not e.has_interval:
         return f"[CI n/a: {e.n} seed{'s' * (e.n != 1)}]"
+    if not is_fraction(metric):
+        spec = ".1f" if pct_bounds else "+.1f"
+        return f"[{e.low:{spec}}, {e.high:{spec}}]".replace("-", MINUS)
     if pct_bounds:  # a mean accuracy: a t-interval over few seeds may overshoot [0, 100]
         return f"[{100 * max(e.low, 0.0):.1f}, {100 * min(e.high, 1.0):.1f}]"
     return f"[{100 * e.low:+.1f}, {100 * e.high:+.1f}]".replace("-", MINUS)
@@ -302,9 +354,12 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
         parts.append("</div>")
         parts.append("<h2>Summary</h2>")
         parts.append(summary_table(arms))
-        if arms and arms[0].metric != "accuracy":
+        if arms and arms[0].metric != "accuracy" and is_fraction(arms[0].metric):
             parts.append("<h2>Retrieval metrics and negatives</h2>")
             parts.append(retrieval_table(arms))
+        elif arms and not is_fraction(arms[0].metric):
+            parts.append("<h2>Language-model metrics</h2>")
+            parts.append(lm_table(arms))
         parts.append(f"<h2>Time to target {e(metric_name(arms[0].metric if arms else 'accuracy'))}</h2>")
         parts.append(target_table(arms))
 
@@ -322,6 +377,7 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
 def summary_table(arms: list[ArmSummary]) -> str:
     metric = metric_name(arms[0].metric) if arms else "accuracy"
     retrieval = bool(arms) and arms[0].metric != "accuracy"
+    shown = arms[0].metric if arms else "accuracy"
     keeps = not retrieval and any(s.data_kind not in ("full", "negatives") for s in arms)
     sparsities = not retrieval and any(s.weight_policy != "dense" for s in arms)
     head = ["policy"] + (["keep"] if keeps else []) + (["sparsity"] if sparsities else [])
@@ -343,12 +399,13 @@ def summary_table(arms: list[ArmSummary]) -> str:
             row.append(num(s.sparsity, f"{100 * s.sparsity:g}%"))
         row += [
             num(len(s.seeds), f"{len(s.seeds)}" + (f" ({len(s.failures)} failed)" if s.failures else "")),
-            num(s.accuracy.mean, pct(s.accuracy.mean)), text(ci_pct(s.accuracy)),
-            *comparison_cells(s.comparison("full")),
+            num(s.accuracy.mean, pct(s.accuracy.mean, shown)),
+            text(interval(s.accuracy, pct_bounds=True, metric=shown)),
+            *comparison_cells(s.comparison("full"), shown),
         ]
         if not retrieval:
-            row += comparison_cells(s.comparison("compute"))
-        row += [*comparison_cells(s.comparison("random")), text(wins),
+            row += comparison_cells(s.comparison("compute"), shown)
+        row += [*comparison_cells(s.comparison("random"), shown), text(wins),
                 num(s.cost_seconds.mean, fmt(s.cost_seconds.mean, ".1f")),
                 ratio_cell(s.time_ratio), ratio_cell(s.time_ratio_amortised)]
         if not retrieval:
@@ -359,12 +416,42 @@ def summary_table(arms: list[ArmSummary]) -> str:
     return table(head, body)
 
 
-def comparison_cells(c: Comparison | None) -> list[str]:
+def comparison_cells(c: Comparison | None, metric: str = "accuracy") -> list[str]:
     if c is None:
         return [text(""), text(""), text("")]
     word = verdict_word(c).split(" (")[0]
-    return [num(c.difference.mean, pp(c.difference.mean)), text(interval(c.difference)),
-            text(word)]
+    return [num(c.difference.mean, pp(c.difference.mean, metric)),
+            text(interval(c.difference, metric=metric)), text(word)]
+
+
+LM_COLUMNS = [("general perplexity", True), ("selected tokens", False),
+              ("tokens with gradient", False)]
+
+
+def lm_table(arms: list[ArmSummary]) -> str:
+    """General held-out perplexity beside the target's, and what each arm trained on."""
+    head = ["policy", "seeds"]
+    for label, with_ci in LM_COLUMNS:
+        head += [label, "95% CI"] if with_ci else [label]
+    body = []
+    for s in arms:
+        cells = [text(s.policy), num(len(s.seeds), str(len(s.seeds)))]
+        for name, with_ci in LM_COLUMNS:
+            e = s.extra.get(name)
+            if e is None:
+                cells += [num(None, ""), text("")] if with_ci else [num(None, "")]
+            elif with_ci:
+                cells += [num(e.mean, f"{e.mean:.1f}"),
+                          text(interval(e, pct_bounds=True, metric=name))]
+            else:
+                cells.append(num(e.mean, f"{e.mean:,.0f}"))
+        body.append(cells)
+    return table(head, body) + (
+        "<p>Every arm trains the same model for the same number of tokens; a selection "
+        "holds about its keep share of the pool's tokens and is revisited as the budget needs. "
+        "<em>General perplexity</em> is on the pool's held-out modules: what a targeted "
+        "selection gives up elsewhere. Scoring (auxiliary models trained, pool forwarded) is "
+        "charged in full to every run of the arm.</p>")
 
 
 RETRIEVAL_COLUMNS = [
@@ -403,7 +490,8 @@ def retrieval_table(arms: list[ArmSummary]) -> str:
 
 def target_table(arms: list[ArmSummary]) -> str:
     """Time to each target; a target no arm reaches is one line, not a row per arm."""
-    metric = metric_name(arms[0].metric) if arms else "accuracy"
+    raw = arms[0].metric if arms else "accuracy"
+    metric = metric_name(raw)
     head = ["policy", "target", metric, "reached", "seconds", "95% CI", "GFLOPs", "95% CI",
             "× full-data seconds [95% CI]"]
     body, unreached = [], []
@@ -412,11 +500,11 @@ def target_table(arms: list[ArmSummary]) -> str:
         results = [(s, s.targets[i]) for s in arms if len(s.targets) > i]
         if not any(t.reached for _, t in results):
             t = results[0][1]
-            unreached.append(f"{label} ({pct(t.accuracy)})")
+            unreached.append(f"{label} ({pct(t.accuracy, raw)})")
             continue
         for s, t in results:
             body.append([
-                text(s.policy), text(t.target), num(t.accuracy, pct(t.accuracy)),
+                text(s.policy), text(t.target), num(t.accuracy, pct(t.accuracy, raw)),
                 num(t.reached, f"{t.reached}/{t.seeds}" if t.reached else f"not reached (0/{t.seeds})"),
                 num(t.seconds.mean, fmt(t.seconds.mean, ".1f")), text(ci_plain(t.seconds, 1)),
                 num(t.flops.mean, fmt(t.flops.mean / 1e9, ".2f")), text(ci_plain(t.flops, 1e-9, ".2f")),
@@ -476,7 +564,7 @@ def runs_table(finals: list[dict]) -> str:
             "train examples", "sparsity"]
     body = [[
         text(r["run_id"]), text(r["policy"]), num(r["seed"], str(r["seed"])), text(r["status"]),
-        num(r["accuracy"], pct(r["accuracy"])),
+        num(r["accuracy"], pct(r["accuracy"], r.get("metric") or "accuracy")),
         *[num(r[c], fmt(r[c], ".2f")) for c in ("train_seconds", "eval_seconds",
                                                 "scoring_seconds", "selection_seconds",
                                                 "cost_seconds")],
@@ -550,9 +638,17 @@ def figures(arms: list[ArmSummary], rows: Sequence[dict],
     if arms and arms[0].metric != "accuracy":
         label = metric_name(arms[0].metric)
         bars, note = metric_bars(arms, label, colours)
-        return [(f"{label} by negatives policy (mean over seeds, 95% CI){note}", bars),
-                (f"Pareto frontier: {label} vs cost (dots: runs; markers: arm means)",
-                 pareto_plot(arms, rows, colours, label))]
+        out = [(f"{label} by {'negatives' if is_fraction(arms[0].metric) else 'data'} policy "
+                f"(mean over seeds, 95% CI){note}", bars)]
+        if not is_fraction(arms[0].metric):
+            for i, target in enumerate(arms[0].targets):
+                out.append(((f"Time to target {target.target} "
+                             f"({pct(target.accuracy, arms[0].metric)}), mean and 95% CI over "
+                             "seeds that reached it (n/N: seeds reached)"),
+                            time_to_target_bars(arms, i, colours)))
+        out.append((f"Pareto frontier: {label} vs cost (dots: runs; markers: arm means)",
+                    pareto_plot(arms, rows, colours, label)))
+        return out
     data_arms = [a for a in arms if a.weight_policy == "dense"]
     if any(a.data_kind not in ("full", "short") for a in data_arms):
         out.append(("Accuracy vs keep fraction (mean over seeds, 95% CI band)",
@@ -712,10 +808,12 @@ def metric_bars(arms: list[ArmSummary], label: str,
 
     shown = [a for a in arms if a.seeds]
     fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(shown) + 1.2))
-    means = [100 * a.accuracy.mean for a in shown]
-    errors = [[100 * (a.accuracy.mean - a.accuracy.low) if a.accuracy.has_interval else 0
+    metric = shown[0].metric if shown else "accuracy"
+    k = unit_scale(metric)
+    means = [k * a.accuracy.mean for a in shown]
+    errors = [[k * (a.accuracy.mean - a.accuracy.low) if a.accuracy.has_interval else 0
                for a in shown],
-              [100 * (a.accuracy.high - a.accuracy.mean) if a.accuracy.has_interval else 0
+              [k * (a.accuracy.high - a.accuracy.mean) if a.accuracy.has_interval else 0
                for a in shown]]
     ax.barh(range(len(shown)), means, xerr=errors, alpha=0.8,
             color=[colours.get(a.policy) for a in shown])
@@ -726,11 +824,13 @@ def metric_bars(arms: list[ArmSummary], label: str,
     if means:
         low = min(m - e for m, e in zip(means, errors[0]))
         start = 0.0
+        unit = "%" if is_fraction(metric) else ""
         if low > 0 and max(means) - low < 0.25 * low:  # differences would be invisible from 0
-            start = max(0.0, math.floor(low - 2.0))
-            note = f"; the axis starts at {start:g}% so that the differences are visible"
-        ax.set_xlim(start, min(100.0, max(means) + max(errors[1] + [0]) + 1.0))
-    ax.set_xlabel(f"test {label} (%)")
+            start = max(0.0, math.floor(low - 2.0 * k / 100 * (1 if unit else 50)))
+            note = f"; the axis starts at {start:g}{unit} so that the differences are visible"
+        top = max(means) + max(errors[1] + [0]) + k / 100
+        ax.set_xlim(start, min(100.0, top) if unit else top * 1.02)
+    ax.set_xlabel(f"test {label}" + (" (%)" if is_fraction(metric) else " (lower is better)"))
     ax.grid(alpha=0.3, axis="x")
     return png(fig), note
 
@@ -741,22 +841,23 @@ def pareto_plot(arms: list[ArmSummary], rows: Sequence[dict], colours: dict[str,
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     finals = [r for r in rows if r["final"] and r["status"] == "ok"]
-    ax.scatter([r["cost_seconds"] for r in finals], [100 * r["accuracy"] for r in finals],
+    k = unit_scale(arms[0].metric) if arms else 100.0
+    ax.scatter([r["cost_seconds"] for r in finals], [k * r["accuracy"] for r in finals],
                s=8, color=[colours.get(r["policy"], "gray") for r in finals], alpha=0.35)
     for a in arms:
         if not a.seeds:
             continue
         marker = "*" if a.on_frontier else "o"
-        ax.scatter([a.cost_seconds.mean], [100 * a.accuracy.mean], marker=marker,
+        ax.scatter([a.cost_seconds.mean], [k * a.accuracy.mean], marker=marker,
                    s=90 if a.on_frontier else 30, color=colours.get(a.policy),
                    label=plain(a.policy))
     front = sorted((a for a in arms if a.on_frontier and a.seeds),
                    key=lambda a: a.cost_seconds.mean)
     if front:
-        ax.step([a.cost_seconds.mean for a in front], [100 * a.accuracy.mean for a in front],
+        ax.step([a.cost_seconds.mean for a in front], [k * a.accuracy.mean for a in front],
                 where="post", color="tab:red", lw=1, label="frontier")
     ax.set_xlabel("cost: wall seconds (training + selection + whole score tables)")
-    ax.set_ylabel(f"final {metric} (%)")
+    ax.set_ylabel(f"final {metric}" + (" (%)" if k == 100 else " (lower is better)"))
     ax.grid(alpha=0.3)
     legend_outside(ax)
     return png(fig)

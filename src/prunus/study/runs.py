@@ -22,6 +22,7 @@ from prunus.study import plugins
 from prunus.study.grid import (
     DENSE,
     FULL,
+    LANGUAGE,
     ONLINE,
     RANDOM,
     RETRIEVAL,
@@ -80,6 +81,8 @@ def execute_run(
     report = as_reporter(reporter)
     if spec.task == RETRIEVAL:
         return execute_negatives_run(spec, report)
+    if spec.task == LANGUAGE:
+        return execute_lm_run(spec, report)
     dataset = load_dataset(spec.dataset)
     recorder = Recorder(spec, report)
     charge = 0.0, 0.0  # the whole score table: what a user running this arm once pays
@@ -149,6 +152,53 @@ def execute_negatives_run(spec: RunSpec, report: Reporter) -> list[dict[str, Any
     report("epoch_end", {"run_id": spec.run_id, "epoch": 1, "accuracy": row["accuracy"]})
     report("run_end", {"run_id": spec.run_id, "status": status})
     return [row]
+
+
+def execute_lm_run(spec: RunSpec, report: Reporter) -> list[dict[str, Any]]:
+    """Select, train and evaluate one LM arm (``prunus.text.study.run_lm_policy``).
+
+    One row per evaluation: ``accuracy`` holds the target-domain perplexity (its ``metric``,
+    lower is better), ``examples_*`` count tokens, and the whole cost of the arm's scoring
+    (auxiliary models trained and their forward passes) is charged to every run.
+    """
+    from prunus.text.study import TARGET_METRIC
+
+    report("fit_start", {"run_id": spec.run_id, "epochs": 1})
+    status, error, result = "ok", "", {}
+    try:
+        result = plugins.run_lm(spec.train, spec.seed)
+    except Exception as exc:  # noqa: BLE001 - a broken run is a result
+        status, error = "failed", failure_reason(exc)
+    trained = max(int(result.get("tokens_trained", 0)), 1)
+    grad_share = result.get("tokens_with_grad", 0) / trained
+    scoring = (result.get("scoring_seconds", 0.0), result.get("scoring_flops", 0.0))
+    history = result.get("history") or [{}]
+    rows = []
+    for point in history:
+        tokens = int(point.get("tokens", 0))
+        entry = {
+            "epoch": 1 if status == "ok" else 0, "step": int(point.get("step", 0)),
+            "end_of_epoch": point is history[-1],
+            "accuracy": point.get("target_perplexity", float("nan")),
+            "train_seconds": point.get("train_seconds", 0.0),
+            "examples_forwarded": tokens,
+            "examples_backpropagated": round(tokens * grad_share),
+            "flops": point.get("flops", 0.0),
+        }
+        row = make_row(spec, entry, status, error, int(result.get("selected_documents", 0)),
+                       0.0, scoring)
+        row.update(metric=TARGET_METRIC, metrics=json.dumps({
+            "general perplexity": point.get("general_perplexity", float("nan")),
+            "selected tokens": result.get("selected_tokens", 0),
+            "tokens with gradient": round(tokens * grad_share),
+        }, sort_keys=True))
+        rows.append(row)
+    rows[-1]["final"] = True
+    if status == "ok":
+        rows[-1]["eval_seconds"] = result.get("eval_seconds", 0.0)
+    report("epoch_end", {"run_id": spec.run_id, "epoch": 1, "accuracy": rows[-1]["accuracy"]})
+    report("run_end", {"run_id": spec.run_id, "status": status})
+    return rows
 
 
 def apply_data_arm(spec: RunSpec, dataset, scores) -> tuple[Any, list]:

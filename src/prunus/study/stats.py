@@ -33,6 +33,17 @@ CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 MIN_SEEDS = 5  # paired seeds a verdict needs before it may say "beats" or "worse"
 MAX_SEEDS_SUGGESTED = 1000
+LOWER_IS_BETTER = ("perplexity", "loss")  # metric names ending so: lower values are better
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better (accuracy, nDCG) or worse (perplexity)."""
+    return not metric.endswith(LOWER_IS_BETTER)
+
+
+def sense(metric: str) -> int:
+    """+1 where higher is better, −1 where lower is: ``sense · (a − b) > 0`` means a is better."""
+    return 1 if higher_is_better(metric) else -1
 
 
 @dataclass(frozen=True)
@@ -197,6 +208,7 @@ class Comparison:
     verdict: str = INCONCLUSIVE
     needed: int | None = None  # seeds that would resolve the difference (when inconclusive)
     family: int = 0  # comparisons corrected together (Holm) in this setting
+    sense: int = 1  # −1 where the metric is lower-is-better (a negative difference is better)
 
 
 def decide(comparisons: Sequence[Comparison]) -> None:
@@ -206,7 +218,7 @@ def decide(comparisons: Sequence[Comparison]) -> None:
         comparison.family = len(comparisons)
         d = comparison.difference
         if reject and d.n >= MIN_SEEDS:
-            comparison.verdict = BEATS if d.mean > 0 else WORSE
+            comparison.verdict = BEATS if d.mean * comparison.sense > 0 else WORSE
             comparison.needed = None
         else:
             comparison.verdict = INCONCLUSIVE
@@ -227,24 +239,25 @@ class WinRate:
         return (self.wins + 0.5 * self.ties) / self.n if self.n else math.nan
 
 
-def win_rate(a: Mapping[int, float], b: Mapping[int, float]) -> WinRate:
-    """How often ``a`` beats ``b`` over the seeds both have."""
+def win_rate(a: Mapping[int, float], b: Mapping[int, float], direction: int = 1) -> WinRate:
+    """How often ``a`` beats ``b`` over the seeds both have (``direction`` −1: lower wins)."""
     seeds = sorted(set(a) & set(b))
-    wins = sum(1 for s in seeds if a[s] > b[s])
+    wins = sum(1 for s in seeds if direction * (a[s] - b[s]) > 0)
     ties = sum(1 for s in seeds if a[s] == b[s])
     return WinRate(wins, ties, len(seeds))
 
 
 def time_to_target(costs: Sequence[float], accuracies: Sequence[float],
-                   target: float) -> float | None:
+                   target: float, direction: int = 1) -> float | None:
     """The cost at the first evaluation whose accuracy is at least ``target`` (None if none).
 
     ``costs`` are cumulative (wall seconds or FLOPs with every overhead charged), in the order
     of the evaluations. No interpolation: the run is known to have reached the target only at
-    an evaluation.
+    an evaluation. ``direction`` −1: a lower-is-better metric, reached at or below ``target``.
     """
     for cost, accuracy in zip(costs, accuracies):
-        if accuracy is not None and not math.isnan(accuracy) and accuracy >= target:
+        if accuracy is not None and not math.isnan(accuracy) and \
+                direction * (accuracy - target) >= 0:
             return float(cost)
     return None
 
@@ -368,6 +381,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], targets: Sequence[float | str])
         full_key = full_keys.get(summary.setting)
         full = by_seed.get(full_key, {})
         first = arms[key][0]
+        direction = sense(summary.metric)
         if summary.metric != "accuracy" and full_key is not None:
             summary.reference = summaries[full_key].policy
         acc = column(mine, "accuracy")
@@ -376,7 +390,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], targets: Sequence[float | str])
                 summary.vs_full = paired_difference(acc, column(full, "accuracy"))
                 summary.comparisons.append(Comparison(
                     "full", summaries[full_key].policy, summary.vs_full,
-                    t_test(paired_values(acc, column(full, "accuracy")))))
+                    t_test(paired_values(acc, column(full, "accuracy"))), sense=direction))
             summary.time_ratio = paired_ratio(column(mine, "cost_seconds"),
                                               column(full, "cost_seconds"))
             summary.time_ratio_amortised = paired_ratio(
@@ -393,12 +407,13 @@ def summarize(rows: Sequence[Mapping[str, Any]], targets: Sequence[float | str])
             rival = column(by_seed[rival_key], "accuracy")
             difference = paired_difference(acc, rival)
             summary.comparisons.append(Comparison(
-                kind, summaries[rival_key].policy, difference, t_test(paired_values(acc, rival))))
+                kind, summaries[rival_key].policy, difference, t_test(paired_values(acc, rival)),
+                sense=direction))
             if kind == "compute":
                 summary.vs_compute, summary.compute_policy = difference, rival_key[1]
             else:
                 summary.vs_random, summary.random_policy = difference, rival_key[1]
-                summary.wins_vs_random = win_rate(acc, rival)
+                summary.wins_vs_random = win_rate(acc, rival, direction)
 
     for setting in {s.setting for s in summaries.values()}:
         members = [s for s in summaries.values() if s.setting == setting]
@@ -406,13 +421,15 @@ def summarize(rows: Sequence[Mapping[str, Any]], targets: Sequence[float | str])
         full_summary = summaries.get(full_keys.get(setting))
         full_accuracy = full_summary.accuracy.mean if full_summary else math.nan
         full_runs = by_seed.get(full_keys.get(setting), {})
+        direction = sense(members[0].metric)
         for member in members:
             for target in targets:
-                value = target_value(target, full_accuracy)
+                value = target_value(target, full_accuracy, direction)
                 member.targets.append(target_result(
-                    str(target), value, by_seed[(setting, member.policy)], curves, full_runs))
+                    str(target), value, by_seed[(setting, member.policy)], curves, full_runs,
+                    direction))
         mask = pareto_frontier([m.cost_seconds.mean for m in members],
-                               [m.accuracy.mean for m in members])
+                               [direction * m.accuracy.mean for m in members])
         for member, on in zip(members, mask):
             member.on_frontier = bool(on)
     return list(summaries.values())
@@ -442,16 +459,23 @@ def arm_summary(finals: Sequence[Mapping[str, Any]]) -> ArmSummary:
     )
 
 
+def oriented(e: Estimate, direction: int) -> Estimate:
+    """``e`` with its sign flipped where lower is better, so that positive always means better."""
+    if direction == 1:
+        return e
+    return Estimate(-e.mean, -e.high, -e.low, e.n, e.sd)
+
+
 def column(runs: Mapping[int, Mapping[str, Any]], name: str) -> dict[int, float]:
     return {seed: row[name] for seed, row in runs.items()}
 
 
 def target_result(label: str, value: float, runs: Mapping[int, Mapping[str, Any]],
                   curves: Mapping[str, list[Mapping[str, Any]]],
-                  full_runs: Mapping[int, Mapping[str, Any]]) -> TargetResult:
-    seconds = reached_costs(runs, curves, value, "cost_seconds")
-    flops = reached_costs(runs, curves, value, "flops")
-    full_seconds = reached_costs(full_runs, curves, value, "cost_seconds")
+                  full_runs: Mapping[int, Mapping[str, Any]], direction: int = 1) -> TargetResult:
+    seconds = reached_costs(runs, curves, value, "cost_seconds", direction)
+    flops = reached_costs(runs, curves, value, "flops", direction)
+    full_seconds = reached_costs(full_runs, curves, value, "cost_seconds", direction)
     return TargetResult(
         target=label, accuracy=value,
         seconds=mean_ci(seconds.values()), flops=mean_ci(flops.values()),
@@ -462,12 +486,13 @@ def target_result(label: str, value: float, runs: Mapping[int, Mapping[str, Any]
 
 def reached_costs(runs: Mapping[int, Mapping[str, Any]],
                   curves: Mapping[str, list[Mapping[str, Any]]], value: float,
-                  cost: str) -> dict[int, float]:
+                  cost: str, direction: int = 1) -> dict[int, float]:
     """Seed -> cost at the first evaluation reaching ``value`` (seeds that never do: absent)."""
     out = {}
     for seed, final in runs.items():
         curve = curves[final["run_id"]]
-        reached = time_to_target([r[cost] for r in curve], [r["accuracy"] for r in curve], value)
+        reached = time_to_target([r[cost] for r in curve], [r["accuracy"] for r in curve], value,
+                                 direction)
         if reached is not None:
             out[seed] = reached
     return out
@@ -523,7 +548,8 @@ def recommend(summaries: Sequence[ArmSummary], setting: str, margin: float) -> R
     full = next((s for s in members if s.is_full), None)
     candidates = [s for s in members if not s.is_full and s.vs_full is not None
                   and s.vs_full.n >= 2]
-    pvalues = [noninferiority_p(s.vs_full, margin) for s in candidates]
+    pvalues = [noninferiority_p(oriented(s.vs_full, sense(s.metric)), margin)
+               for s in candidates]
     passed = holm(pvalues, alpha=ALPHA / 2)
     qualified = [s for s, ok in zip(candidates, passed)
                  if ok and s.vs_full.n >= MIN_SEEDS and s.time_ratio.mean < 1]

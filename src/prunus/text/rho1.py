@@ -27,7 +27,7 @@ from prunus.errors import PrunusError
 from prunus.text.lm import token_losses
 from prunus.train.events import Callback
 
-__all__ = ["Rho1", "rho1_loss", "rho1_mask"]
+__all__ = ["RandomTokens", "Rho1", "rho1_loss", "rho1_mask"]
 
 
 def _check_fraction(keep_fraction: float) -> float:
@@ -118,3 +118,22 @@ class Rho1(Callback):
         state.keep = state.keep & keep
         self.kept += int(keep.sum())
         self.seen += int(state.target_mask.sum())
+
+
+class RandomTokens(Callback):
+    """Rho-1's random baseline: keep a random ``keep_fraction`` of each batch's real targets
+    (the same count Rho-1 keeps, :func:`rho1_mask` on uniform noise), seeded.
+
+    Args:
+        keep_fraction: share of each batch's real targets kept. Default 0.6.
+        seed: the draw's seed. Default 0.
+    """
+
+    def __init__(self, keep_fraction: float = 0.6, seed: int = 0) -> None:
+        self.keep_fraction = _check_fraction(keep_fraction)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def on_after_forward(self, state) -> None:
+        noise = torch.rand(state.target_mask.shape, generator=self.generator)
+        keep = rho1_mask(noise.to(state.target_mask.device), state.target_mask, self.keep_fraction)
+        state.keep = state.keep & keep
