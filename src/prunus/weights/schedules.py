@@ -321,7 +321,10 @@ def rewind_weights(model, saved: dict[str, torch.Tensor], optimizer=None) -> Non
     """Copy ``saved`` (plain ``state_dict`` names) back into ``model``; masked weights get the
     saved values at kept positions and stay 0 at pruned ones."""
     masked = {t.name: t for t in _masked(model)}
-    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    # tied weights (a language model's head and embedding) are in ``saved`` under both names
+    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(
+        model.named_buffers(remove_duplicate=False)
+    )
     for name, value in saved.items():
         dest = masked[name].weight if name in masked else tensors.get(name)
         if dest is None:

@@ -62,15 +62,22 @@ def losses_without_grad(state, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     The model stays in training mode (batch-norm normalises with the batch statistics, as in the
     step that follows) but its running statistics are left untouched, so only the training
     step updates them. The pass is counted in ``state.meter`` as forwarded, not backpropagated.
+    ``state.extra["per_example_loss"]``, when set, is ``fn(x, y) -> (B,)`` losses used instead
+    of the cross-entropy of ``state.model(x)`` (another training loop's own loss).
     """
     cfg = state.config
     amp = cfg.amp and state.device.type == "cuda"
+    # another training loop (prunus.integrations) brings its own per-example loss
+    per_example = state.extra.get("per_example_loss")
     with torch.no_grad(), batchnorm_stats_frozen(state.model):
-        with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = state.model(x)
-        losses = F.cross_entropy(
-            logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing
-        )
+        if per_example is not None:
+            losses = per_example(x, y).detach().float()
+        else:
+            with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = state.model(x)
+            losses = F.cross_entropy(
+                logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing
+            )
     state.meter.count(state.model, x, forwarded=len(x), backpropagated=0)
     return losses
 
