@@ -259,36 +259,159 @@ def labels_find_command(
     out: Path = typer.Option(..., "--out", help="where to write the label-issue table (.parquet)"),
     dataset: str = typer.Option("mnist1d", help="dataset name or path"),
     model: str = typer.Option("mlp", help="proxy model name or package.module:factory"),
+    method: str = typer.Option("confident_learning", help="confident_learning, self_confidence, "
+                               "aum, forgetting, el2n, loss_early or loss_late"),
     folds: int = typer.Option(5, min=2, help="K of the K-fold out-of-sample probabilities"),
-    seeds: int = typer.Option(1, min=1, help="proxy seeds (0..N-1), probabilities averaged"),
-    epochs: int = typer.Option(10, min=1, help="epochs of each fold's proxy model"),
+    seeds: int = typer.Option(1, min=1, help="proxy seeds (0..N-1), results averaged"),
+    epochs: int = typer.Option(10, min=1, help="epochs of each proxy model"),
     rank_by: str = typer.Option("self_confidence", help="self_confidence or normalized_margin"),
+    pred_probs: Path | None = typer.Option(
+        None, "--pred-probs", help="out-of-sample probabilities you already have (.npy, N x C, "
+        "rows in the dataset's order); nothing is trained"),
     noise: float = typer.Option(0.0, help="inject label noise first (to measure the detector)"),
-    noise_kind: str = typer.Option("symmetric", help="symmetric or pairs"),
+    noise_kind: str = typer.Option("symmetric", help="symmetric, pairs or instance"),
+    noise_seed: int = typer.Option(0, min=0, help="seed of the injected noise"),
+    device: str = typer.Option("auto"),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
+    as_json: bool = typer.Option(False, "--json", help="print the table's metadata as JSON"),
 ) -> None:
-    """Confident learning (Northcutt et al. 2021) on K-fold out-of-sample probabilities:
-    flags likely mislabeled examples, with a suggested label; with injected noise, prints the
-    detector's precision and recall against the labels that were really flipped."""
-    import numpy as np
+    """Flag likely mislabeled training examples (confident learning on K-fold out-of-sample
+    probabilities by default) with a suggested label; with injected noise, prints the detector's
+    precision and recall against the labels that were really flipped."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from prunus.cli import console, parse_options
-    from prunus.data.labels import find_label_issues
+    from prunus.cli import console, err_console, parse_options
+    from prunus.data.labels import LABEL_METHODS, find_label_issues
     from prunus.datasets import load
+    from prunus.errors import choice_error
 
+    if method not in LABEL_METHODS:
+        raise choice_error("--method", method, LABEL_METHODS)
     if out.suffix != ".parquet":
         raise PrunusError(f"--out must end in .parquet (got {str(out)!r}).")
     check_writable(out)
-    data = load(dataset, noise=noise, noise_kind=noise_kind, **parse_options(option))
-    table = find_label_issues(data, model, seeds=range(seeds), folds=folds, epochs=epochs,
-                              rank_by=rank_by)
+    probs = None if pred_probs is None else _read_pred_probs(pred_probs)
+    data = load(dataset, noise=noise, noise_kind=noise_kind, noise_seed=noise_seed,
+                **parse_options(option))
+    progress = None if as_json or probs is not None else Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+    )
+
+    tasks: list = []
+
+    def report(done: int, total: int, description: str) -> None:
+        if not tasks:  # started on the first report, after the settings were checked
+            progress.start()
+            tasks.append(progress.add_task(f"labels {method}", total=None))
+        progress.update(tasks[0], completed=done, total=total, description=description)
+
+    try:
+        table = find_label_issues(
+            data, model, method, seeds=range(seeds), folds=folds, epochs=epochs,
+            rank_by=rank_by, pred_probs=probs, device=device,
+            progress=None if progress is None else report,
+        )
+    finally:
+        if tasks:
+            progress.stop()
     table.write(out)
+    if as_json:
+        print(json.dumps(table.metadata, default=str))
+        return
     flagged = table.ids[table.columns["is_issue"].astype(bool)]
     console.print(f"{len(flagged):,} of {len(table):,} examples flagged as likely mislabeled "
-                  f"→ {out}", highlight=False)
-    if len(data.flipped_ids):
-        hits = int(np.isin(flagged, data.flipped_ids).sum())
-        precision = hits / len(flagged) if len(flagged) else float("nan")
-        recall = hits / len(data.flipped_ids)
-        console.print(f"against the {len(data.flipped_ids):,} labels flipped: precision "
-                      f"{precision:.3f}, recall {recall:.3f}", highlight=False)
+                  f"({method}) → {out}", highlight=False)
+    measured = _against_flips(table)
+    if measured is not None:
+        console.print(f"against the {measured['flipped']:,} labels flipped: precision "
+                      f"{measured['precision']:.3f}, recall {measured['recall']:.3f}, "
+                      f"F1 {measured['f1']:.3f}", highlight=False)
+
+
+@labels_app.command("show")
+def labels_show_command(
+    table_path: Path = typer.Argument(..., metavar="TABLE", help="label-issue table (.parquet)"),
+    top: int = typer.Option(10, min=0, help="how many of the most likely issues to list"),
+) -> None:
+    """Show a label-issue table: how many were flagged (per class), the most likely issues with
+    their given and suggested labels, and precision/recall where the dataset recorded its flips."""
+    from prunus.cli import console
+    from prunus.data.table import ScoreTable
+
+    table = ScoreTable.read(table_path)
+    missing = [c for c in ("label_issue", "is_issue", "suggested_label") if c not in table.columns]
+    if missing:
+        raise PrunusError(
+            f"{table_path} is not a label-issue table (no {missing[0]!r} column); write one with "
+            "prunus labels find."
+        )
+    meta = table.metadata
+    flagged = table.columns["is_issue"].astype(bool)
+    suggested = table.columns["suggested_label"].astype(np.int64)
+    dataset = meta.get("dataset") or {}
+    summary = Table("field", "value", title=str(table_path))
+    summary.add_row("method", f"{meta.get('method')} ({meta.get('description', '')})")
+    summary.add_row("dataset", f"{dataset.get('name')} ({len(table):,} examples, fingerprint "
+                    f"{table.fingerprint})")
+    summary.add_row("flagged", f"{int(flagged.sum()):,} of {len(table):,} ({flagged.mean():.1%})")
+    per_class = np.bincount(table.labels[flagged], minlength=table.num_classes)
+    totals = np.bincount(table.labels, minlength=table.num_classes)
+    summary.add_row("flagged per given label", " ".join(f"{c}:{f}/{t}" for c, (f, t)
+                                                        in enumerate(zip(per_class, totals))))
+    if meta.get("threshold") is not None:
+        summary.add_row("threshold", f"{meta['threshold']:.4g}")
+    measured = _against_flips(table)
+    if measured is not None:
+        summary.add_row("against the recorded flips",
+                        f"{measured['flipped']:,} flipped: precision {measured['precision']:.3f}, "
+                        f"recall {measured['recall']:.3f}, F1 {measured['f1']:.3f}")
+    console.print(summary)
+    rows = np.flatnonzero(flagged)
+    score = np.nan_to_num(table.columns["label_issue"][rows], nan=-np.inf)
+    rows = rows[np.argsort(-score, kind="stable")][:top]
+    if len(rows):
+        flipped = set(dataset.get("flipped_ids") or [])
+        listing = Table("id", "given", "suggested", "label_issue",
+                        *(["flipped"] if flipped else []), title=f"top {len(rows)} flagged")
+        for row in rows:
+            cells = [str(table.ids[row]), str(table.labels[row]), str(suggested[row]),
+                     f"{table.columns['label_issue'][row]:.4g}"]
+            if flipped:
+                cells.append("yes" if int(table.ids[row]) in flipped else "no")
+            listing.add_row(*cells)
+        console.print(listing)
+
+
+def _against_flips(table) -> dict | None:
+    """Precision, recall and F1 of the flags against the ids the dataset recorded as flipped."""
+    flipped = np.asarray((table.metadata.get("dataset") or {}).get("flipped_ids") or [], dtype=np.int64)
+    if not len(flipped):
+        return None
+    flagged = table.ids[table.columns["is_issue"].astype(bool)]
+    hits = int(np.isin(flagged, flipped).sum())
+    precision = hits / len(flagged) if len(flagged) else float("nan")
+    recall = hits / len(flipped)
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    return {"flipped": len(flipped), "precision": precision, "recall": recall, "f1": f1}
+
+
+def _read_pred_probs(path: Path) -> np.ndarray:
+    """A (N, C) float array from a .npy file (no pickle)."""
+    from prunus.errors import reading
+
+    if path.suffix != ".npy":
+        raise PrunusError(f"--pred-probs must be a .npy file (got {str(path)!r}).")
+    if not path.is_file():
+        raise PrunusError(f"--pred-probs: file {str(path)!r} does not exist.")
+    with reading(path, "--pred-probs", "a NumPy .npy array of probabilities"):
+        probs = np.load(path, allow_pickle=False)
+    if not np.issubdtype(probs.dtype, np.number):
+        raise PrunusError(f"--pred-probs must hold numbers (got dtype {probs.dtype}).")
+    return probs.astype(np.float64)

@@ -65,11 +65,13 @@ def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, noise_kind: str 
     Args:
         name: a bundled name (``prunus datasets list``) or a local ``.npz``, ``.parquet``,
             ``.csv`` file or a Hugging Face dataset directory saved with ``save_to_disk``.
-        noise: symmetric label-noise rate in [0, 1): that fraction of training labels (exactly
-            ``round(noise * N)``) is moved to a uniformly drawn *other* class. Default 0.
+        noise: label-noise rate in [0, 1): that fraction of training labels (exactly
+            ``round(noise * N)``) is moved to another class (see ``noise_kind``). Default 0.
         noise_seed: seed of the noise draw. Default 0.
-        noise_kind: ``symmetric`` (to a uniformly drawn other class) or ``pairs`` (each class
-            to one confusable class, ``c -> (c + 1) mod C``).
+        noise_kind: ``symmetric`` (to a uniformly drawn other class), ``pairs`` (each class
+            to one confusable class, ``c -> (c + 1) mod C``) or ``instance`` (flip chance rising
+            with a proxy model's confusion, to its most confusable other class; see
+            :func:`prunus.datasets.add_label_noise`).
         **options: the loader's own options (see ``prunus datasets show NAME``).
 
     Raises:
