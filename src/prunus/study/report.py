@@ -31,8 +31,8 @@ from prunus.study.stats import (
     Estimate,
     Recommendation,
     WinRate,
-    recommend,
     higher_is_better,
+    recommend,
     summarize,
 )
 from prunus.study.store import StudyStore, atomic_write_text
@@ -638,8 +638,8 @@ def figures(arms: list[ArmSummary], rows: Sequence[dict],
     if arms and arms[0].metric != "accuracy":
         label = metric_name(arms[0].metric)
         bars, note = metric_bars(arms, label, colours)
-        out = [(f"{label} by {'negatives' if is_fraction(arms[0].metric) else 'data'} policy "
-                f"(mean over seeds, 95% CI){note}", bars)]
+        kind = "negatives" if is_fraction(arms[0].metric) else "data"
+        out = [(f"{label} by {kind} policy (mean over seeds, 95% CI){note}", bars)]
         if not is_fraction(arms[0].metric):
             for i, target in enumerate(arms[0].targets):
                 out.append(((f"Time to target {target.target} "

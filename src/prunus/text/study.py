@@ -374,8 +374,8 @@ def _scores(cfg: LMConfig, data: dict[str, Any]):
             text_scores.embedding_similarity_scores(model, sequences(), target,
                                                     aggregate=cfg.aggregate)), (s, f))
     if cfg.policy == "color-filter":
-        prior, s0, f0 = _reference(cfg, data)
-        conditional, s, f = _conditional(cfg, data)
+        prior = _reference(cfg, data)[0]
+        conditional, s, f = _conditional(cfg, data)  # its cost includes the prior's
         return scored("color", (*reference_fields, "conditional_tokens"), lambda: _with_flops(
             text_scores.color_filter_scores(prior, conditional, sequences())), (s, f))
     if cfg.policy == "dsir":
