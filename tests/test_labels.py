@@ -1,21 +1,27 @@
-"""Label issues: confident learning by hand and against cleanlab, pair noise, K-fold proxies."""
+"""Label issues: every detector by hand and against cleanlab, every noise kind exact, K-fold
+proxies, the labels CLI."""
 
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from helpers import invoke
 from torch import nn
 
 from prunus.data.labels import (
+    LABEL_METHODS,
+    aum_with_threshold_examples,
     confident_joint,
     confident_learning,
     confident_thresholds,
     find_label_issues,
     fold_assignment,
     out_of_fold_probs,
+    self_confidence,
+    two_component_split,
 )
-from prunus.datasets import Dataset, add_label_noise, load
+from prunus.datasets import Dataset, add_label_noise, from_arrays, load
 from prunus.errors import PrunusError
 
 # Six examples, three classes; the comments give each row's confident class.
@@ -224,7 +230,7 @@ def test_pair_noise_is_exact_and_recorded():
         with pytest.raises(PrunusError, match=words):
             add_label_noise(data, 0.2, kind="pairs", pairs=bad)
     with pytest.raises(PrunusError, match="noise kind"):
-        add_label_noise(data, 0.2, kind="instance")
+        add_label_noise(data, 0.2, kind="class")
 
 
 def test_digits_pair_noise_end_to_end(capsys):
@@ -274,3 +280,198 @@ def test_find_label_issues_trains_its_own_proxies(blobs):
     assert table.metadata["pred_probs"] == "out_of_fold"
     assert table.metadata["cost"]["train_seconds"] > 0
     assert table.scores("is_issue").sum() == table.metadata["num_issues"]
+
+
+def test_self_confidence_by_hand_and_as_cleanlab_predicted_neq_given():
+    result = self_confidence(LABELS, PROBS)
+    np.testing.assert_allclose(result.label_issue, [0.2, 0.6, 0.3, 0.75, 0.48, 0.7])
+    # argmax differs from the label: rows 1? no (0.40 is its max), 3 (p0), 5 (p1)
+    np.testing.assert_array_equal(result.is_issue, [False, False, False, True, False, True])
+    np.testing.assert_array_equal(result.suggested_label, [0, 0, 1, 0, 2, 1])
+    filt = pytest.importorskip("cleanlab.filter")
+    from cleanlab.count import get_confident_thresholds
+
+    for seed in range(10):
+        labels, probs = _dirichlet_case(seed)
+        if np.bincount(labels, minlength=probs.shape[1]).min() < 1:
+            continue
+        np.testing.assert_allclose(confident_thresholds(labels, probs),
+                                   get_confident_thresholds(labels, probs), atol=1e-12)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = filt.find_label_issues(labels, probs, filter_by="predicted_neq_given")
+        np.testing.assert_array_equal(self_confidence(labels, probs).is_issue, theirs)
+
+
+def test_aum_with_threshold_examples_on_a_hand_trajectory():
+    # two presentations, three real examples (classes 0, 1) and two moved to the fake class 2
+    labels = np.array([0, 1, 0, 2, 2])
+    fake = np.array([False, False, False, True, True])
+    logits = np.array([
+        [[2, 0, 1], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, 0]],
+        [[3, 1, 0], [2, 1, 0], [1, 0, 1], [0, 0, 1], [1, 0, 0]],
+    ], dtype=float)
+    # margins: ex0 1, 2 -> 1.5; ex1 -1, -1 -> -1; ex2 -1, 0 -> -0.5; fake ex3 -1, 1 -> 0; ex4 -1
+    found = aum_with_threshold_examples(logits, labels, fake)
+    alpha = -1 + 0.99 * (0 - (-1))  # 99th percentile of the fake AUMs [0, -1], interpolated
+    assert found.threshold == pytest.approx(alpha)
+    np.testing.assert_allclose(found.label_issue[:3], [alpha - 1.5, alpha + 1, alpha + 0.5])
+    assert np.isnan(found.label_issue[3:]).all()
+    np.testing.assert_array_equal(found.is_issue, [False, True, True, False, False])
+    # flagged: the real class with the largest mean logit other than the label
+    np.testing.assert_array_equal(found.suggested_label[:3], [0, 0, 1])
+    median = aum_with_threshold_examples(logits, labels, fake, percentile=50)
+    assert median.threshold == pytest.approx(-0.5)
+    np.testing.assert_array_equal(median.is_issue, [False, True, False, False, False])
+    with pytest.raises(PrunusError, match="threshold example"):
+        aum_with_threshold_examples(logits, labels, np.zeros(5, dtype=bool))
+    with pytest.raises(PrunusError, match="percentile"):
+        aum_with_threshold_examples(logits, labels, fake, percentile=101)
+
+
+def test_two_component_split_flags_the_high_mode():
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(0, 0.1, 90), rng.normal(5, 0.1, 10)])
+    flagged, threshold = two_component_split(scores)
+    np.testing.assert_array_equal(flagged, np.arange(100) >= 90)
+    assert 4 < threshold == scores[90:].min()
+    assert not two_component_split(np.ones(10))[0].any()
+
+
+def test_every_method_through_find_label_issues(blobs):
+    noisy = add_label_noise(blobs, 0.1, seed=0, kind="pairs")
+    flipped = np.isin(noisy.ids, noisy.flipped_ids)
+    probs = out_of_fold_probs(noisy, folds=3, epochs=4, device="cpu")
+    for method in LABEL_METHODS:
+        given = probs if method in ("confident_learning", "self_confidence") else None
+        table = find_label_issues(noisy, method=method, epochs=4, pred_probs=given, device="cpu")
+        assert list(table.columns) == ["label_issue", "is_issue", "suggested_label"], method
+        assert table.metadata["method"] == method
+        assert table.scores("is_issue").sum() == table.metadata["num_issues"]
+        assert table.metadata["dataset"]["flipped_ids"] == noisy.flipped_ids.tolist()
+        assert np.isfinite(table.scores()).all()
+        issue = table.scores("is_issue") == 1
+        suggested = table.scores("suggested_label")
+        assert (suggested[issue] != noisy.y[issue]).all() and (suggested[~issue] == noisy.y[~issue]).all()
+        if method in ("confident_learning", "self_confidence", "aum"):
+            assert issue[flipped].mean() > 0.5, method  # the blobs are well separated
+    with pytest.raises(PrunusError, match="pred_probs is used by the methods"):
+        find_label_issues(noisy, method="aum", pred_probs=probs)
+    with pytest.raises(PrunusError, match="runs must be"):
+        find_label_issues(noisy, method="aum", runs=5)
+    one = Dataset("one", np.arange(20), np.zeros((20, 2)), np.zeros(20), 2)
+    with pytest.raises(PrunusError, match="single class"):
+        find_label_issues(one, pred_probs=np.full((20, 2), 0.5))
+
+
+def test_aum_judges_every_example_with_its_own_label(blobs):
+    from prunus.data.labels import aum_issues
+
+    noisy = add_label_noise(blobs, 0.1, seed=1)
+    issues, cost = aum_issues(noisy, epochs=3, device="cpu")
+    assert np.isfinite(issues.label_issue).all() and cost["train_seconds"] > 0
+    np.testing.assert_array_equal(issues.is_issue, issues.label_issue > 0)
+    single, _ = aum_issues(noisy, epochs=3, runs=1, device="cpu")
+    share = len(noisy) // (noisy.num_classes + 1)
+    assert (single.label_issue == 0).sum() >= share  # the threshold examples are not judged
+
+
+def _assert_flips_exact(data, noisy, rate):
+    n_flip = round(rate * len(data))
+    changed = noisy.ids[noisy.y != data.y]
+    assert len(noisy.flipped_ids) == len(changed) == n_flip
+    np.testing.assert_array_equal(noisy.flipped_ids, np.sort(changed))
+    np.testing.assert_array_equal(noisy.clean_y, data.y)
+    np.testing.assert_array_equal(noisy.test.y, data.test.y)
+    np.testing.assert_array_equal(noisy.test.x, data.test.x)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.4])
+def test_symmetric_noise_is_exact(blobs, rate):
+    noisy = add_label_noise(blobs, rate, seed=5)
+    _assert_flips_exact(blobs, noisy, rate)
+    # the documented draw: rows uniformly without replacement, then a shift in [1, C - 1]
+    rng = np.random.default_rng(5)
+    rows = np.sort(rng.choice(len(blobs), size=round(rate * len(blobs)), replace=False))
+    shift = rng.integers(1, 3, size=len(rows))
+    np.testing.assert_array_equal(noisy.y[rows], (blobs.y[rows] + shift) % 3)
+    assert noisy.options["noise"] == rate and noisy.options["noise_seed"] == 5
+
+
+def test_instance_noise_follows_the_proxy_exactly(blobs):
+    rng = np.random.default_rng(0)
+    n = len(blobs)
+    probs = rng.dirichlet(np.ones(3), n)
+    noisy = add_label_noise(blobs, 0.25, seed=7, kind="instance", proxy_probs=probs)
+    _assert_flips_exact(blobs, noisy, 0.25)
+    # the documented rule, computed independently
+    confusion = 1 - probs[np.arange(n), blobs.y]
+    keys = np.log(np.random.default_rng(7).random(n)) / np.maximum(confusion, 1e-6)
+    rows = np.sort(np.argsort(-keys)[: round(0.25 * n)])
+    np.testing.assert_array_equal(blobs.positions(noisy.flipped_ids), rows)
+    masked = probs.copy()
+    masked[np.arange(n), blobs.y] = -1
+    np.testing.assert_array_equal(noisy.y[rows], masked[rows].argmax(1))
+    assert noisy.options["noise_kind"] == "instance" and noisy.options["noise_proxy"] == "given"
+    again = add_label_noise(blobs, 0.25, seed=7, kind="instance", proxy_probs=probs)
+    assert again.fingerprint == noisy.fingerprint
+    # the chance of a flip rises with the confusion: over seeds, confused rows flip more often
+    flips = np.zeros(n)
+    for seed in range(40):
+        flips[blobs.positions(add_label_noise(blobs, 0.25, seed=seed, kind="instance",
+                                              proxy_probs=probs).flipped_ids)] += 1
+    high, low = confusion > np.quantile(confusion, 0.75), confusion < np.quantile(confusion, 0.25)
+    assert flips[high].mean() > 2 * flips[low].mean()
+    with pytest.raises(PrunusError, match="proxy_probs must be"):
+        add_label_noise(blobs, 0.25, kind="instance", proxy_probs=probs[:10])
+    with pytest.raises(PrunusError, match="proxy_probs must be"):
+        add_label_noise(blobs, 0.25, kind="instance", proxy_probs=probs * 2)
+    with pytest.raises(PrunusError, match="only used with kind='instance'"):
+        add_label_noise(blobs, 0.25, kind="pairs", proxy_probs=probs)
+
+
+def test_instance_noise_with_its_own_proxy_on_bundled_and_user_data():
+    torch.set_num_threads(1)
+    for name, options in [("digits", {}), ("mnist1d", {"train_size": 600, "test_size": 100})]:
+        clean = load(name, **options)
+        noisy = load(name, noise=0.2, noise_kind="instance", noise_seed=3, **options)
+        _assert_flips_exact(clean, noisy, 0.2)
+        assert noisy.options["noise_proxy"] == "mlp" and noisy.options["noise_proxy_epochs"] == 5
+        again = load(name, noise=0.2, noise_kind="instance", noise_seed=3, **options)
+        np.testing.assert_array_equal(again.y, noisy.y)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(300, 5)).astype(np.float32), np.arange(300) % 4
+    user = from_arrays(x, y, test_fraction=0.2)
+    noisy = add_label_noise(user, 0.1, seed=0, kind="instance")
+    _assert_flips_exact(user, noisy, 0.1)
+
+
+def test_labels_cli_find_show_and_bad_input(tmp_path, capsys):
+    data = ["--dataset", "mnist1d", "-o", "train_size=300", "-o", "test_size=100"]
+    out = str(tmp_path / "issues.parquet")
+    assert invoke("labels", "find", *data, "--noise", "0.2", "--noise-kind", "pairs",
+                  "--folds", "3", "--epochs", "2", "--device", "cpu", "--out", out) == 0
+    captured = capsys.readouterr()
+    assert "flagged as likely mislabeled" in captured.out
+    assert "against the 60 labels flipped" in captured.out
+    assert invoke("labels", "show", out, "--top", "3") == 0
+    shown = capsys.readouterr().out
+    assert "flagged per given label" in shown and "suggested" in shown and "precision" in shown
+    probs = tmp_path / "p.npy"
+    np.save(probs, np.full((300, 10), 0.2))
+    assert invoke("labels", "find", *data, "--pred-probs", str(probs), "--out", out) == 2
+    assert "summing to 1" in capsys.readouterr().err
+    np.save(probs, np.full((299, 10), 0.1))
+    assert invoke("labels", "find", *data, "--pred-probs", str(probs), "--out", out) == 2
+    assert "pred_probs must have shape (300, 10)" in capsys.readouterr().err
+    assert invoke("labels", "find", *data, "--folds", "200", "--out", out) == 2
+    assert "folds must be an integer from 2 to" in capsys.readouterr().err
+    assert invoke("labels", "find", *data, "--method", "magic", "--out", out) == 2
+    assert "--method must be one of" in capsys.readouterr().err
+    one = tmp_path / "one.npz"
+    np.savez(one, x=np.zeros((10, 3), dtype=np.float32), y=np.zeros(10, dtype=np.int64))
+    assert invoke("labels", "find", "--dataset", str(one), "--out", out) == 2
+    assert "single class" in capsys.readouterr().err
+    assert invoke("labels", "show", str(tmp_path / "nope.parquet")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
