@@ -129,6 +129,7 @@ def recover(
     warmup: float = 0.05,
     grad_clip: float | None = 1.0,
     eval_sets: Mapping[str, Any] | None = None,
+    eval_at_start: bool = True,
     scoring_batch_size: int = 32,
 ) -> RecoveryResult:
     """Fine-tune a pruned causal LM briefly on a chosen recovery set, masks held fixed.
@@ -162,7 +163,8 @@ def recover(
             masked, else every linear layer that is not tied to an embedding).
         weight_decay: AdamW decay on matrices. Default 0 (a short repair, not a new training).
         schedule, warmup, grad_clip: as in :func:`~prunus.text.train.train_lm`.
-        eval_sets: name -> sequences evaluated (perplexity) before and after.
+        eval_sets: name -> sequences evaluated (perplexity) before (``eval_at_start``, default
+            True) and after training, and again after a LoRA merge.
         scoring_batch_size: windows per scoring forward pass. Default 32.
 
     Returns:
@@ -196,8 +198,8 @@ def recover(
     try:
         train = train_lm(
             model, blocks, tokens=tokens, batch_size=batch_size, lr=lr, seed=seed,
-            eval_sets=eval_sets, weight_decay=weight_decay, schedule=schedule, warmup=warmup,
-            grad_clip=grad_clip, meter=meter,
+            eval_sets=eval_sets, eval_at_start=eval_at_start, weight_decay=weight_decay,
+            schedule=schedule, warmup=warmup, grad_clip=grad_clip, meter=meter,
         )
         session.finish(merge=True)
     except BaseException:
