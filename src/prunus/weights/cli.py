@@ -1,4 +1,5 @@
-"""``prunus prune``: train a model under a weight-sparsity policy and show what was kept."""
+"""``prunus prune``: train a model under a weight-sparsity policy and show what was kept;
+``prunus oneshot``: prune a pretrained transformer from calibration data, block by block."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ def register(app: typer.Typer) -> None:
     """Add ``prunus prune`` to the command line."""
     app.command("prune")(prune_command)
     app.command("evaluate")(evaluate_command)
+    app.command("oneshot")(oneshot_command)
 
 
 def prune_command(
@@ -145,3 +147,146 @@ def evaluate_command(
     console.print(f"{model} on {dataset}: test accuracy {100 * result['accuracy']:.2f}%, "
                   f"loss {result['loss']:.4f}, sparsity {100 * rows[-1]['sparsity']:.2f}%",
                   highlight=False)
+
+
+def oneshot_command(
+    model_dir: str = typer.Argument(..., metavar="MODEL_DIR", help="a Hugging Face model directory (causal LM or encoder), a sentence-transformers directory, or 'minilm'"),
+    method: str = typer.Option("wanda", help="wanda, sparsegpt, magnitude or random"),
+    sparsity: float | None = typer.Option(None, help="fraction of each pruned matrix set to zero, in [0, 1) (default 0.5; an N:M pattern fixes it at 1 - N/M)"),
+    pattern: str = typer.Option("unstructured", help="unstructured or N:M such as 2:4"),
+    layer_sparsity: str = typer.Option("uniform", help="uniform or owl (outlier-weighed block sparsities)"),
+    scope: str = typer.Option("row", help="wanda/magnitude/random: compare within each row, layer, or global (magnitude)"),
+    calibration: str = typer.Option("stdlib", help="stdlib, pycode, or a directory / .jsonl / .parquet of texts"),
+    samples: int = typer.Option(128, help="calibration sequences (causal LM) or texts (encoder)"),
+    seq_len: int = typer.Option(256, help="tokens per calibration sequence (encoders: truncation length)"),
+    batch_size: int = typer.Option(8, help="calibration sequences per forward pass"),
+    tokenizer: str | None = typer.Option(None, help="a tokenizer directory, or 'bpe' (trained on stdlib); default the model directory's"),
+    blocks: list[str] | None = typer.Option(None, "--block", help="a repeated block's module name (repeat the flag); default: found"),
+    seed: int = typer.Option(0, min=0, help="seed of the calibration draw and of random pruning"),
+    out: Path | None = typer.Option(None, help="write the pruned model, masks.safetensors and oneshot.json to this new directory"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
+) -> None:
+    """Prune a pretrained transformer in one shot (Wanda, SparseGPT, magnitude, random) and
+    print each layer's sparsity and reconstruction error ||WX - W'X|| / ||WX||."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from prunus.cli import console, err_console
+    from prunus.errors import PrunusError
+    from prunus.weights.pretrained import (
+        check_out_dir,
+        check_settings,
+        load_pretrained,
+        oneshot,
+        save_pruned,
+    )
+
+    check_settings(method, sparsity, pattern, layer_sparsity, scope, 0.01, 128, 5.0, 0.08)
+    for flag, value in (("--samples", samples), ("--seq-len", seq_len), ("--batch-size", batch_size)):
+        if value < 1:
+            raise PrunusError(f"{flag} must be a positive integer (got {value}).")
+    if out is not None:
+        check_out_dir(str(out))
+    model, tok, kind = load_pretrained(model_dir)
+    if tokenizer is not None:
+        from prunus.text import load_stdlib, load_tokenizer
+
+        if kind == "sentence-transformers":
+            raise PrunusError("--tokenizer applies to Hugging Face model directories; a "
+                              "sentence-transformers model brings its own.")
+        vocab = getattr(getattr(model, "config", None), "vocab_size", 4096)
+        tok = load_tokenizer(tokenizer, load_stdlib() if tokenizer == "bpe" else None,
+                             vocab_size=min(int(vocab), 4096))
+    batches = _calibration(model, tok, kind, calibration, samples, seq_len, batch_size, seed)
+    if as_json:
+        result = oneshot(model, batches, sparsity, method, pattern, layer_sparsity, blocks or None,
+                         scope=scope, seed=seed)
+    else:
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=err_console, transient=True) as bar:
+            task = bar.add_task(f"{method} one-shot", total=None)
+
+            def advance(done: int, total: int, description: str) -> None:
+                bar.update(task, completed=done, total=total, description=description)
+
+            result = oneshot(model, batches, sparsity, method, pattern, layer_sparsity,
+                             blocks or None, scope=scope, seed=seed, progress=advance)
+    if out is not None:
+        save_pruned(model, str(out), result, tok, kind)
+    if as_json:
+        print(json.dumps({**result.summary(), "out": None if out is None else str(out)}, default=str))
+        return
+    table = Table("layer", "shape", "sparsity", "error", "seconds",
+                  title=f"{method} {pattern} at sparsity {result.sparsity:g} ({layer_sparsity})")
+    for row in result.layers:
+        table.add_row(row.name, "×".join(map(str, row.shape)), f"{100 * row.sparsity:.2f}%",
+                      f"{row.error:.4f}", f"{row.seconds:.2f}")
+    console.print(table)
+    mean_error = sum(r.error for r in result.layers) / max(len(result.layers), 1)
+    console.print(
+        f"{len(result.layers)} matrices in {len(result.blocks)} blocks, sparsity "
+        f"{100 * result.achieved_sparsity:.2f}%, mean reconstruction error {mean_error:.4f}, "
+        f"{result.samples} calibration samples ({result.tokens:,} tokens), {result.seconds:.1f}s",
+        highlight=False,
+    )
+    console.print(f"left dense: {', '.join(result.excluded + result.skipped) or 'nothing'}",
+                  highlight=False)
+    if out is not None:
+        console.print(f"pruned model, masks.safetensors and oneshot.json written to {out}/")
+
+
+def _calibration(model, tokenizer, kind: str, source: str, samples: int, seq_len: int,
+                 batch_size: int, seed: int) -> list:
+    """Calibration batches for ``prunus oneshot`` from ``--calibration``."""
+    import types
+
+    import numpy as np
+
+    from prunus.errors import PrunusError
+    from prunus.weights.calibration import encoder_calibration, pycode_texts, text_calibration
+
+    if source == "stdlib":
+        from prunus.text import load_stdlib
+
+        corpus = load_stdlib()
+        texts = corpus["train"].texts
+        if kind == "causal" and tokenizer is None:
+            from prunus.text import load_tokenizer
+
+            vocab = getattr(getattr(model, "config", None), "vocab_size", 4096)
+            tokenizer = load_tokenizer("bpe", corpus, vocab_size=min(int(vocab), 4096))
+    elif source == "pycode":
+        texts = pycode_texts("train")
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise PrunusError(f"--calibration must be stdlib, pycode or an existing directory, "
+                              f".jsonl or .parquet file of texts (got {source!r}).")
+        from prunus.text import load_text
+
+        texts = load_text(path=str(path), validation_fraction=0.0, test_fraction=0.0)["train"].texts
+    if tokenizer is None:
+        raise PrunusError("MODEL_DIR holds no tokenizer; pass --tokenizer (a tokenizer directory, "
+                          "or bpe to train one on stdlib).")
+    if kind != "causal":
+        return encoder_calibration(texts, tokenizer, samples=samples, max_length=seq_len,
+                                   seed=seed, batch_size=batch_size)
+    config = getattr(model, "config", None)
+    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if positions is not None and seq_len > positions:
+        raise PrunusError(f"--seq-len {seq_len} is longer than the model's {positions} positions; "
+                          f"use --seq-len <= {positions}.")
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise PrunusError(f"--tokenizer has {len(tokenizer)} tokens, more than the model's "
+                          f"vocabulary of {vocab}; use the model's own tokenizer.")
+    split = types.SimpleNamespace(ids=np.arange(len(texts)), texts=list(texts))
+    try:
+        return text_calibration(split, tokenizer, samples=samples, context_length=seq_len,
+                                seed=seed, batch_size=batch_size)
+    except PrunusError as exc:
+        if "shorter than one sequence" in str(exc):
+            raise PrunusError(f"--calibration {source!r} gives fewer tokens than one sequence of "
+                              f"--seq-len {seq_len}; give more text or lower --seq-len.") from None
+        raise

@@ -802,3 +802,134 @@ def owl_sparsities(ratios: Sequence[float], sparsity: float, lam: float = 0.08) 
                           f"{sparsity:g}; lower owl_lambda.")
     return out
 
+
+
+# --------------------------------------------------------------------------- model directories
+
+
+def load_pretrained(path: str) -> tuple[nn.Module, Any, str]:
+    """Load a model directory offline: ``(model, tokenizer or None, kind)`` with ``kind`` one
+    of ``"causal"`` (a Hugging Face causal LM), ``"encoder"`` (any other Hugging Face model,
+    e.g. BERT) or ``"sentence-transformers"`` (``"minilm"`` or a saved sentence-transformers
+    directory).
+
+    Raises:
+        PrunusError: not a directory, or a directory that does not load.
+    """
+    from pathlib import Path
+
+    from prunus.errors import reading
+
+    if path == "minilm" or (Path(path) / "modules.json").is_file():
+        from prunus.negatives.model import load_model
+
+        with reading(path, "MODEL_DIR", "a sentence-transformers model directory"):
+            model = load_model(path)
+        return model, model.tokenizer, "sentence-transformers"
+    if not Path(path).is_dir():
+        raise PrunusError(f"MODEL_DIR must be 'minilm' or an existing model directory (got {path!r}).")
+    from prunus.errors import require
+
+    require("transformers", "lm")
+    import transformers
+
+    expected = "a Hugging Face model directory (config.json and weights)"
+    with reading(path, "MODEL_DIR", expected), _quiet_transformers():
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        architectures = getattr(config, "architectures", None) or []
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+        loader = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+        model = loader.from_pretrained(path, local_files_only=True)
+    tokenizer = None
+    if any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        from prunus.text.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(path)
+    return model, tokenizer, "causal" if causal else "encoder"
+
+
+def save_pruned(model: nn.Module, out: str, result: OneShotResult, tokenizer: Any = None,
+                kind: str = "causal") -> None:
+    """Write a pruned model to the directory ``out`` all at once (a temporary directory renamed
+    into place): the model with masks baked in (``save_pretrained``, or a sentence-transformers
+    save), ``masks.safetensors`` (:func:`prunus.weights.save`: weights and masks, so
+    :func:`prunus.weights.load` restores the parametrizations), ``oneshot.json`` (the result)
+    and the tokenizer.
+
+    Raises:
+        PrunusError: ``out`` exists and is not an empty directory, or cannot be written.
+    """
+    import json
+    import os
+    import shutil
+    import uuid
+    from pathlib import Path
+
+    from prunus.files import TEMP_PREFIX, reason
+    from prunus.weights.masks import plain_copy, save
+
+    check_out_dir(out)
+    target = Path(out)
+    tmp = target.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{target.name}")
+    try:
+        tmp.mkdir(parents=True)
+        plain = plain_copy(model)
+        with _quiet_transformers():
+            _save_model(plain, tmp, tokenizer, kind)
+        save(model, tmp / "masks.safetensors",
+             metadata={"method": result.method, "pattern": result.pattern,
+                       "sparsity": result.sparsity, "layer_sparsity": result.layer_sparsity})
+        (tmp / "oneshot.json").write_text(json.dumps(result.summary(), indent=1))
+        if target.is_dir():
+            target.rmdir()  # empty, checked above
+        os.replace(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PrunusError(f"--out {out!r} could not be written ({reason(exc)}).") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _save_model(plain: nn.Module, directory: Any, tokenizer: Any, kind: str) -> None:
+    if kind == "sentence-transformers":
+        plain.save(str(directory))
+        return
+    plain.save_pretrained(str(directory))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+
+
+class _quiet_transformers:
+    """Silence transformers' per-file progress bars (loading and writing weights)."""
+
+    def __enter__(self) -> None:
+        try:
+            from transformers.utils import logging as hf_logging
+        except ImportError:  # pragma: no cover - without transformers there is nothing to hide
+            self.logging = None
+            return
+        self.logging = hf_logging
+        self.enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.logging is not None and self.enabled:
+            self.logging.enable_progress_bar()
+
+
+def check_out_dir(out: str) -> None:
+    """Fail early unless ``out`` is a new (or empty) directory whose parent accepts files.
+
+    Raises:
+        PrunusError: naming ``--out`` and the reason.
+    """
+    from pathlib import Path
+
+    from prunus.files import check_writable
+
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise PrunusError(f"--out {out!r} exists and is not an empty directory; give a new "
+                          "directory name.")
+    check_writable(target.with_name(f"{target.name}.probe"), "--out")
