@@ -31,6 +31,8 @@ class TrainConfig(StrictModel):
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of steps spent warming up")
     step_size: float = Field(0.3, gt=0, le=1, description="'step' schedule: decay every fraction")
     gamma: float = Field(0.1, gt=0, le=1, description="'step' schedule: decay factor")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = Field(0, ge=0)
     device: str = "auto"
@@ -44,6 +46,7 @@ class TrainConfig(StrictModel):
         description="evaluate each time this many more examples have been backpropagated, "
         "and at the end, instead of after each epoch (one compute cadence for every arm)",
     )
+    eval_at_start: bool = Field(False, description="evaluate before the first step too")
     examples: int | None = Field(
         None, ge=1,
         description="train for exactly this many examples backpropagated instead of `epochs` "

@@ -1,4 +1,7 @@
-"""The prunus training loop: plain PyTorch, events for callbacks, a compute meter."""
+"""The prunus training loop: plain PyTorch, events for callbacks, a compute meter.
+
+One loop for every task (:mod:`prunus.train.tasks`): the task says what a batch is, its
+per-example loss and objective, how compute is counted and what an evaluation reports."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunus.config import TrainConfig, validated
@@ -17,11 +19,13 @@ from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError
 from prunus.train.events import Callback, Event, EventDispatcher
 from prunus.train.meter import ComputeMeter
+from prunus.train.tasks import CLASSIFICATION, Task
 
 
 @dataclass
 class Batch:
-    """One mini-batch: example ids, inputs, labels and optional per-example loss weights."""
+    """One mini-batch: example ids, inputs, targets (labels; a causal LM's attention mask)
+    and optional per-example loss weights."""
 
     ids: torch.Tensor
     x: torch.Tensor
@@ -63,6 +67,12 @@ class State:
     last_eval: dict[str, float] = field(default_factory=dict)
     stop: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    task: Task = CLASSIFICATION
+    # token-level tasks (causal LM): per-target losses, which targets are real, and which carry
+    # gradient (a callback at after_forward may narrow ``keep``, e.g. Rho-1)
+    token_losses: torch.Tensor | None = None
+    target_mask: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Row positions in the training arrays of the given ids."""
@@ -85,13 +95,16 @@ class TrainResult:
 
 
 class Trainer:
-    """Train a classifier on a :class:`Dataset`, evaluating on its test split each epoch.
+    """Train a model on a :class:`Dataset`, evaluating on its test split each epoch.
 
     Args:
-        model: any ``nn.Module`` mapping a batch of ``x`` to logits.
+        model: any ``nn.Module`` the task can run (a classifier mapping ``x`` to logits by
+            default).
         dataset: training data (its ``test`` split is evaluated unless ``eval_dataset`` is given).
         callbacks: objects with ``on_<event>(state)`` methods (see :mod:`prunus.train.events`).
         config: a :class:`TrainConfig`, or its fields as keywords (``epochs=10``, ``lr=3e-3``…).
+        task: what a batch, its loss and an evaluation are (:mod:`prunus.train.tasks`;
+            default classification).
 
     Raises:
         PrunusError: bad settings, or a loss that becomes NaN/infinite.
@@ -104,6 +117,8 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         config: TrainConfig | None = None,
         eval_dataset: Dataset | None = None,
+        task: Task | None = None,
+        meter: ComputeMeter | None = None,
         **settings: Any,
     ) -> None:
         if config is None:
@@ -115,6 +130,8 @@ class Trainer:
         self.dataset = dataset
         self.eval_dataset = eval_dataset if eval_dataset is not None else dataset.test
         self.callbacks = list(callbacks)
+        self.task = task or CLASSIFICATION
+        self.meter = meter
 
     def fit(self) -> TrainResult:
         """Run the whole schedule; returns the history of evaluations and the meter."""
@@ -132,13 +149,13 @@ class Trainer:
             eval=self.eval_dataset,
             config=cfg,
             device=device,
-            meter=ComputeMeter(),
+            meter=self.meter if self.meter is not None else ComputeMeter(),
+            task=self.task,
         )
         state.extra["ids_are_positions"] = bool(
             np.array_equal(self.dataset.ids, np.arange(len(self.dataset)))
         )
-        x_all = torch.from_numpy(self.dataset.x).to(device)
-        y_all = torch.from_numpy(self.dataset.y).to(device)
+        x_all, y_all = self.task.tensors(self.dataset, device)
         ids_all = torch.from_numpy(self.dataset.ids).to(device)
         fire = EventDispatcher(self.callbacks)
         forward = torch.compile(model) if cfg.compile else model
@@ -147,11 +164,13 @@ class Trainer:
         state.total_steps = ((cfg.epochs - 1) * math.ceil(n / cfg.batch_size)
                              + math.ceil(last_epoch_size / cfg.batch_size))
         state.extra["next_eval"] = cfg.eval_every_examples
-        state.optimizer = build_optimizer(model, cfg)
+        state.optimizer = build_optimizer(model, cfg, self.task)
         fire(Event.FIT_START, state)
         # The schedule reads state.total_steps live, so a callback that learns its epoch sizes
         # as it goes (e.g. InfoBatch) may revise it at epoch_start.
         state.scheduler = build_scheduler(state.optimizer, cfg, lambda: max(state.total_steps, 1))
+        if cfg.eval_at_start:
+            self._evaluate(state, fire, end_of_epoch=False)
 
         for epoch in range(cfg.epochs):
             state.epoch = epoch
@@ -194,16 +213,12 @@ class Trainer:
         batch = state.batch
         if batch is None or len(batch) == 0:
             return
+        task = self.task
         with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=amp):
-            state.outputs = forward(batch.x)
+            state.outputs = task.forward(forward, state)
             fire(Event.AFTER_FORWARD, state)
-            state.per_example_loss = F.cross_entropy(
-                state.outputs.float(), batch.y, reduction="none", label_smoothing=cfg.label_smoothing
-            )
-        if batch.weights is None:
-            state.loss = state.per_example_loss.mean()
-        else:
-            state.loss = (state.per_example_loss * batch.weights).mean()
+            state.per_example_loss = task.per_example_loss(state)
+        state.loss = task.objective(state)
         fire(Event.AFTER_LOSS, state)
         if not torch.isfinite(state.loss):
             raise PrunusError(
@@ -213,13 +228,15 @@ class Trainer:
         state.optimizer.zero_grad(set_to_none=True)
         state.loss.backward()
         fire(Event.AFTER_BACKWARD, state)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
         state.optimizer.step()
         if state.step < state.total_steps:
             state.scheduler.step()
         state.step += 1
         fire(Event.AFTER_STEP, state)
         backpropagated = len(batch) if state.backpropagated is None else state.backpropagated
-        state.meter.count(state.model, batch.x, len(batch), backpropagated)
+        task.count(state, len(batch), backpropagated)
         fire(Event.BATCH_END, state)
         if cfg.eval_every and state.step % cfg.eval_every == 0:
             self._evaluate(state, fire, end_of_epoch=False)
@@ -234,9 +251,9 @@ class Trainer:
             state.history[-1]["end_of_epoch"] = True  # evaluated at this very step already
             return
         row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "end_of_epoch": end_of_epoch}
-        if self.eval_dataset is not None:
-            with state.meter.timing("eval"):
-                row.update(evaluate(state.model, self.eval_dataset, self.config.eval_batch_size, state.device))
+        with state.meter.timing("eval"):
+            row.update(self.task.evaluate(state.model, self.eval_dataset,
+                                          self.config.eval_batch_size, state.device, state))
         row["lr"] = state.optimizer.param_groups[0]["lr"]
         row.update(state.meter.snapshot())
         state.last_eval = row
@@ -249,18 +266,7 @@ def evaluate(
     model: nn.Module, dataset: Dataset, batch_size: int = 1024, device: torch.device | str = "cpu"
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``model`` on ``dataset`` (model left in eval mode)."""
-    was_training = model.training
-    model.eval()
-    correct, total_loss = 0, 0.0
-    for start in range(0, len(dataset), batch_size):
-        x = torch.from_numpy(dataset.x[start : start + batch_size]).to(device)
-        y = torch.from_numpy(dataset.y[start : start + batch_size]).to(device)
-        logits = model(x).float()
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    model.train(was_training)
-    n = len(dataset)
-    return {"accuracy": correct / n, "loss": total_loss / n}
+    return CLASSIFICATION.evaluate(model, dataset, batch_size, torch.device(device))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -276,17 +282,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov momentum), Adam or AdamW over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: nn.Module, cfg: TrainConfig,
+                    task: Task | None = None) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum), Adam or AdamW over the trainable parameters, in the task's
+    parameter groups (a causal LM exempts biases, norms and embeddings from weight decay)."""
+    groups = (task or CLASSIFICATION).parameter_groups(model, cfg.weight_decay)
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.momentum > 0)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:

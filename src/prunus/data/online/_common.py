@@ -68,17 +68,24 @@ def losses_without_grad(state, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     cfg = state.config
     amp = cfg.amp and state.device.type == "cuda"
     # another training loop (prunus.integrations) brings its own per-example loss
-    per_example = state.extra.get("per_example_loss")
+    per_example = getattr(state, "extra", {}).get("per_example_loss")
+    task = getattr(state, "task", None)
     with torch.no_grad(), batchnorm_stats_frozen(state.model):
         if per_example is not None:
             losses = per_example(x, y).detach().float()
+        elif task is not None:  # the training loop's own task (classification, causal LM…)
+            with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=amp):
+                losses = task.losses(state.model, x, y, state).float()
         else:
             with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = state.model(x)
             losses = F.cross_entropy(
                 logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing
             )
-    state.meter.count(state.model, x, forwarded=len(x), backpropagated=0)
+    if task is not None:
+        task.count_forward(state, x, y)
+    else:
+        state.meter.count(state.model, x, forwarded=len(x), backpropagated=0)
     return losses
 
 
