@@ -176,6 +176,7 @@ def oneshot_command(
     from prunus.weights.pretrained import (
         check_out_dir,
         check_settings,
+        find_blocks,
         load_pretrained,
         oneshot,
         save_pruned,
@@ -188,6 +189,7 @@ def oneshot_command(
     if out is not None:
         check_out_dir(str(out))
     model, tok, kind = load_pretrained(model_dir)
+    find_blocks(model, blocks or None)  # before the calibration work
     if tokenizer is not None:
         from prunus.text import load_stdlib, load_tokenizer
 

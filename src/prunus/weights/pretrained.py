@@ -308,8 +308,9 @@ class Layer:
 
 def is_conv1d(module: nn.Module) -> bool:
     """transformers' GPT-2 ``Conv1D`` (a linear layer with the weight stored transposed),
-    recognised without importing transformers."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
+    recognised without importing transformers (a parametrized copy subclasses it)."""
+    named = any(cls.__name__ == "Conv1D" for cls in type(module).__mro__)
+    return named and hasattr(module, "nf") and module.weight.dim() == 2
 
 
 def find_blocks(model: nn.Module, blocks: Sequence[str] | str | None = None
