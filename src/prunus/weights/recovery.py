@@ -59,18 +59,22 @@ from prunus.weights.masks import masked_targets, zero_pruned
 PARAMS = ("norm+bias", "lora", "all")
 POLICIES = ("random", "loss_increase")
 UNITS = ("tokens", "steps")
+PAIR_UNITS = ("examples", "steps")
 # Default peak learning rates: a few parameters move further per step than all of them.
 DEFAULT_LR = {"norm+bias": 1e-3, "lora": 1e-3, "all": 1e-4}
 ADAPTER = "default"
 
 __all__ = [
     "DEFAULT_LR",
+    "PAIR_UNITS",
     "PARAMS",
     "POLICIES",
     "UNITS",
     "RecoveryResult",
     "loss_increase_scores",
     "norm_and_bias_parameters",
+    "pair_loss_increase_scores",
+    "pair_losses",
     "recover",
     "recovery_set",
 ]
@@ -115,7 +119,7 @@ def recover(
     policy: str | ScoreTable = "random",
     dense: nn.Module | None = None,
     fraction: float = 0.25,
-    unit: str = "tokens",
+    unit: str | None = None,
     select_policy: str | None = None,
     column: str | None = None,
     batch_size: int = 16,
@@ -131,31 +135,37 @@ def recover(
     eval_sets: Mapping[str, Any] | None = None,
     eval_at_start: bool = True,
     scoring_batch_size: int = 32,
+    scale: float = 20.0,
 ) -> RecoveryResult:
-    """Fine-tune a pruned causal LM briefly on a chosen recovery set, masks held fixed.
+    """Fine-tune a pruned model briefly on a chosen recovery set, masks held fixed.
 
-    The recovery set is ``⌊fraction·D⌋`` of the ``D`` documents of ``data`` chosen by
-    ``policy`` (:func:`recovery_set`); the fine-tune (:func:`prunus.text.train.train_lm`:
-    AdamW, warmup + cosine, seeded order) visits their windows for exactly ``budget`` training
-    tokens (or ``budget`` steps), cycling through the set as often as needed.
+    The recovery set is ``⌊fraction·D⌋`` of the ``D`` examples of ``data`` chosen by
+    ``policy`` (:func:`recovery_set`). For a causal LM (``data`` = documents) the fine-tune is
+    :func:`prunus.text.train.train_lm` (AdamW, warmup + cosine, seeded order) over the chosen
+    documents' windows for exactly ``budget`` training tokens or steps, cycling through the
+    set as often as needed. For a sentence-embedding model (``data`` = query/positive pairs)
+    it is the multiple-negatives ranking loss of :mod:`prunus.negatives` (in-batch positives
+    plus each row's own negatives, scale 20) for exactly ``budget`` pairs or steps.
 
     Args:
-        model: the pruned causal LM (masks from :mod:`prunus.weights`; an unmasked model
-            works too). Changed in place.
-        data: a :class:`~prunus.text.tokenizer.DocumentSequences` of the candidate documents
+        model: the pruned model (masks from :mod:`prunus.weights`; an unmasked model works
+            too). Changed in place.
+        data: a :class:`~prunus.text.tokenizer.DocumentSequences` of candidate documents
             (``document_sequences(split, tokenizer, context_length, max_windows=None)``
-            scores and trains on whole documents).
-        budget: training tokens (``unit="tokens"``) or optimizer steps (``unit="steps"``), a
-            positive integer.
+            scores and trains on whole documents), or
+            :class:`~prunus.negatives.train.TrainingPairs` for a sentence-transformers model
+            (examples are the pair rows, ids 0…n−1).
+        budget: training tokens / pairs, or optimizer steps (see ``unit``), a positive integer.
         params: ``"norm+bias"`` (default, PERP), ``"lora"`` or ``"all"``.
-        policy: ``"random"`` (default), ``"loss_increase"`` or a ScoreTable keyed by document id.
+        policy: ``"random"`` (default), ``"loss_increase"`` or a ScoreTable keyed by example id.
         dense: the unpruned model, needed by ``"loss_increase"``.
-        fraction: share of the documents in the recovery set, in (0, 1]. Default 0.25.
-        unit: ``"tokens"`` (default) or ``"steps"``.
+        fraction: share of the examples in the recovery set, in (0, 1]. Default 0.25.
+        unit: ``"tokens"`` (LM default) or ``"steps"`` for documents; ``"examples"`` (pairs
+            default) or ``"steps"`` for pairs.
         select_policy: :func:`prunus.data.select` policy for a ScoreTable (default: its
             ``metadata["keep"]``, else ``"hardest"``).
         column: score column of a ScoreTable (default: its main score).
-        batch_size: windows per step. Default 16.
+        batch_size: windows (or pairs) per step. Default 16.
         lr: peak learning rate (default :data:`DEFAULT_LR` of ``params``: 1e-3, 1e-3, 1e-4).
         seed: seed of the random recovery set, of tie-breaking and of the training order.
         lora_rank, lora_alpha: LoRA's ``r`` and ``α``. Defaults 8 and 16.
@@ -163,9 +173,10 @@ def recover(
             masked, else every linear layer that is not tied to an embedding).
         weight_decay: AdamW decay on matrices. Default 0 (a short repair, not a new training).
         schedule, warmup, grad_clip: as in :func:`~prunus.text.train.train_lm`.
-        eval_sets: name -> sequences evaluated (perplexity) before (``eval_at_start``, default
-            True) and after training, and again after a LoRA merge.
-        scoring_batch_size: windows per scoring forward pass. Default 32.
+        eval_sets: LM only: name -> sequences evaluated (perplexity) before (``eval_at_start``,
+            default True) and after training, and again after a LoRA merge.
+        scoring_batch_size: windows (pairs) per scoring forward pass. Default 32.
+        scale: pairs only: inverse temperature of the ranking loss. Default 20.
 
     Returns:
         A :class:`RecoveryResult`.
@@ -173,33 +184,55 @@ def recover(
     Raises:
         PrunusError: unknown ``params``, ``policy`` or ``unit``; ``budget`` not a positive
             integer; ``fraction`` outside (0, 1]; ``loss_increase`` without ``dense``; a score
-            table with ids that are not documents of ``data``; no parameter to train for
+            table with ids that are not examples of ``data``; no parameter to train for
             ``params`` on this model; ``peft`` missing for ``lora``.
     """
     if params not in PARAMS:
         raise choice_error("params", params, PARAMS)
-    if unit not in UNITS:
-        raise choice_error("unit", unit, UNITS)
+    kind = _data_kind(data)
+    units = UNITS if kind == "documents" else PAIR_UNITS
+    unit = units[0] if unit is None else unit
+    if unit not in units:
+        raise choice_error("unit", unit, units)
     budget = _check_budget(budget, unit)
-    if lr is None:
-        lr = DEFAULT_LR[params]
-    _check_sequences(data)
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise PrunusError(f"batch_size must be a positive integer (got {batch_size!r}).")
+    lr = DEFAULT_LR[params] if lr is None else lr
+    if not lr > 0:
+        raise PrunusError(f"lr must be positive (got {lr!r}).")
+    settings = {
+        "policy": policy, "dense": dense, "fraction": fraction, "select_policy": select_policy,
+        "column": column, "batch_size": int(batch_size), "lr": lr, "seed": seed,
+        "weight_decay": weight_decay, "schedule": schedule, "warmup": warmup,
+        "grad_clip": grad_clip, "scoring_batch_size": scoring_batch_size,
+        "lora": (lora_rank, lora_alpha, lora_targets),
+    }
+    if kind == "documents":
+        return _recover_lm(model, data, budget, params, unit, settings, eval_sets, eval_at_start)
+    return _recover_pairs(model, data, budget, params, unit, settings, scale)
+
+
+def _recover_lm(model, data, budget, params, unit, settings, eval_sets, eval_at_start):
+    """:func:`recover` for a causal LM on DocumentSequences."""
     from prunus.text.train import LMMeter, evaluate_lm, non_embedding_parameters, train_lm
 
     meter = LMMeter()
+    policy, seed, batch_size = settings["policy"], settings["seed"], settings["batch_size"]
     ids, table = recovery_set(
-        model, data, policy, fraction, dense=dense, seed=seed, select_policy=select_policy,
-        column=column, batch_size=scoring_batch_size, meter=meter,
+        model, data, policy, settings["fraction"], dense=settings["dense"], seed=seed,
+        select_policy=settings["select_policy"], column=settings["column"],
+        batch_size=settings["scoring_batch_size"], meter=meter,
     )
     blocks = _rows_of(data, ids)
     tokens = budget if unit == "tokens" else _tokens_for_steps(blocks, budget, batch_size, seed)
     zero_pruned(model)
-    session = _Trainable(model, params, lora_rank, lora_alpha, lora_targets)
+    session = _Trainable(model, params, *settings["lora"])
     try:
         train = train_lm(
-            model, blocks, tokens=tokens, batch_size=batch_size, lr=lr, seed=seed,
-            eval_sets=eval_sets, eval_at_start=eval_at_start, weight_decay=weight_decay,
-            schedule=schedule, warmup=warmup, grad_clip=grad_clip, meter=meter,
+            model, blocks, tokens=tokens, batch_size=batch_size, lr=settings["lr"], seed=seed,
+            eval_sets=eval_sets, eval_at_start=eval_at_start,
+            weight_decay=settings["weight_decay"], schedule=settings["schedule"],
+            warmup=settings["warmup"], grad_clip=settings["grad_clip"], meter=meter,
         )
         session.finish(merge=True)
     except BaseException:
@@ -215,6 +248,7 @@ def recover(
     scoring = int(meter.tokens_forwarded.get("scoring", 0))
     training = int(meter.tokens_forwarded["train"])
     compute = {
+        "unit": "tokens",
         "scoring_tokens": scoring,
         "training_tokens": training,
         "tokens": scoring + training,
@@ -222,13 +256,61 @@ def recover(
         "flops": dict(meter.flops),
         "flops_theoretical": True,
         "seconds": dict(meter.seconds),
-        "score_table_cost": dict(table.metadata.get("cost") or {}) if isinstance(policy, ScoreTable) else {},
+        "score_table_cost": _table_cost(policy),
     }
     return RecoveryResult(
         model=model, params=params, trainable=session.names, n_trainable=session.count,
-        ids=ids, scores=table if policy != "random" else None, train=train,
+        ids=ids, scores=None if _is_random(policy) else table, train=train,
         perplexity=perplexity, compute=compute,
     )
+
+
+def _recover_pairs(model, pairs, budget, params, unit, settings, scale):
+    """:func:`recover` for a sentence-embedding model on TrainingPairs."""
+    meter = {"scoring": 0, "training": 0, "seconds": {"scoring": 0.0, "train": 0.0}}
+    policy, seed = settings["policy"], settings["seed"]
+    ids, table = recovery_set(
+        model, pairs, policy, settings["fraction"], dense=settings["dense"], seed=seed,
+        select_policy=settings["select_policy"], column=settings["column"],
+        batch_size=settings["scoring_batch_size"], meter=meter, scale=scale,
+    )
+    examples = budget if unit == "examples" else None
+    steps = budget if unit == "steps" else None
+    zero_pruned(model)
+    session = _Trainable(model, params, *settings["lora"])
+    try:
+        start = time.perf_counter()
+        train = _train_pairs(model, pairs, ids, examples=examples, steps=steps, settings=settings,
+                             scale=scale)
+        meter["seconds"]["train"] += time.perf_counter() - start
+        meter["training"] += train["texts"]
+        session.finish(merge=True)
+    except BaseException:
+        session.finish(merge=False)
+        raise
+    zero_pruned(model)
+    model.eval()
+    compute = {
+        "unit": "texts",
+        "scoring_texts": meter["scoring"],
+        "training_texts": meter["training"],
+        "texts": meter["scoring"] + meter["training"],
+        "training_examples": train["examples"],
+        "seconds": dict(meter["seconds"]),
+        "score_table_cost": _table_cost(policy),
+    }
+    return RecoveryResult(
+        model=model, params=params, trainable=session.names, n_trainable=session.count,
+        ids=ids, scores=None if _is_random(policy) else table, train=train, compute=compute,
+    )
+
+
+def _is_random(policy: Any) -> bool:
+    return isinstance(policy, str) and policy == "random"
+
+
+def _table_cost(policy: Any) -> dict:
+    return dict(policy.metadata.get("cost") or {}) if isinstance(policy, ScoreTable) else {}
 
 
 # --------------------------------------------------------------------------- recovery data
@@ -246,43 +328,48 @@ def recovery_set(
     column: str | None = None,
     batch_size: int = 32,
     meter: Any = None,
+    scale: float = 20.0,
 ) -> tuple[np.ndarray, ScoreTable]:
-    """The document ids of a recovery set and the table they were chosen from.
+    """The example ids of a recovery set and the table they were chosen from.
 
     ``random``: :func:`prunus.data.select` with policy ``"random"`` (seeded). ``loss_increase``:
-    :func:`loss_increase_scores`, keep the highest. A ScoreTable: ``select`` with
-    ``select_policy`` (default its ``metadata["keep"]``, else ``"hardest"``). Exactly
-    ``⌊fraction·D⌋`` documents of the table are kept; documents carry no class
-    (``stratify=False``). Scoring tokens are charged to ``meter`` (phase ``scoring``).
+    :func:`loss_increase_scores` (documents) or :func:`pair_loss_increase_scores` (pairs), keep
+    the highest. A ScoreTable: ``select`` with ``select_policy`` (default its
+    ``metadata["keep"]``, else ``"hardest"``). Exactly ``⌊fraction·D⌋`` examples of the table
+    are kept; they carry no class (``stratify=False``). Scoring cost is charged to ``meter``.
 
     Raises:
         PrunusError: unknown policy, ``loss_increase`` without ``dense``, a table whose ids are
-            not documents of ``data``, ``fraction`` outside (0, 1].
+            not examples of ``data``, ``fraction`` outside (0, 1].
     """
     from prunus.data.select import select
 
-    _check_sequences(data)
-    doc_ids = _document_ids(data)
+    kind = _data_kind(data)
+    example_ids = _document_ids(data) if kind == "documents" else np.arange(len(data.queries))
     if isinstance(policy, ScoreTable):
         table = policy
-        unknown = np.setdiff1d(table.ids, doc_ids)
+        unknown = np.setdiff1d(table.ids, example_ids)
         if len(unknown):
             raise PrunusError(
-                f"policy: the score table's ids must be document ids of data; "
+                f"policy: the score table's ids must be {kind} ids of data; "
                 f"{len(unknown)} are not (e.g. {int(unknown[0])})."
             )
         keep = select_policy or table.metadata.get("keep") or "hardest"
-    elif policy == "random":
-        table = ScoreTable(doc_ids, np.zeros(len(doc_ids)), {"random": np.zeros(len(doc_ids))},
-                           {"method": "random", "keep": "random"})
+    elif _is_random(policy):
+        zeros = np.zeros(len(example_ids))
+        table = ScoreTable(example_ids, zeros, {"random": zeros}, {"method": "random", "keep": "random"})
         keep = "random"
-    elif policy == "loss_increase":
+    elif isinstance(policy, str) and policy == "loss_increase":
         if dense is None:
             raise PrunusError(
                 "dense must be the unpruned model when policy is 'loss_increase' "
                 "(the score is the pruned model's loss minus the dense model's)."
             )
-        table = loss_increase_scores(model, dense, data, batch_size=batch_size, meter=meter)
+        if kind == "documents":
+            table = loss_increase_scores(model, dense, data, batch_size=batch_size, meter=meter)
+        else:
+            table = pair_loss_increase_scores(model, dense, data, batch_size=batch_size,
+                                              scale=scale, meter=meter)
         keep = "hardest"
     else:
         raise choice_error("policy", policy, [*POLICIES, "a ScoreTable"])
@@ -350,6 +437,128 @@ def loss_increase_scores(
                      "tokens": 2 * forwarded},
         },
     )
+
+
+def pair_loss_increase_scores(
+    pruned: nn.Module,
+    dense: nn.Module,
+    pairs: Any,
+    *,
+    batch_size: int = 32,
+    scale: float = 20.0,
+    meter: dict | None = None,
+) -> ScoreTable:
+    """Loss increase from pruning per query/positive pair of a sentence-embedding model.
+
+    ``score(i) = ℓ_pruned(i) − ℓ_dense(i)`` with ``ℓ`` the pair's ranking loss under a fixed
+    batching (:func:`pair_losses`). Ids are the pair rows 0…n−1; keep the highest. Columns
+    ``loss_increase``, ``pruned_loss``, ``dense_loss``; ``metadata["cost"]`` the seconds and
+    ``texts`` encoded (both models).
+    """
+    start = time.perf_counter()
+    after, texts = pair_losses(pruned, pairs, batch_size=batch_size, scale=scale)
+    before, _ = pair_losses(dense, pairs, batch_size=batch_size, scale=scale)
+    seconds = time.perf_counter() - start
+    if meter is not None:
+        meter["scoring"] += 2 * texts
+        meter["seconds"]["scoring"] += seconds
+    columns = {"loss_increase": after - before, "pruned_loss": after, "dense_loss": before}
+    n = len(after)
+    return ScoreTable(
+        np.arange(n), np.zeros(n, dtype=np.int64), columns,
+        {"method": "loss_increase", "column": "loss_increase",
+         "directions": dict.fromkeys(columns, HIGHER_IS_HARDER), "keep": "hardest",
+         "cost": {"seconds": seconds, "texts": 2 * texts}},
+    )
+
+
+@torch.no_grad()
+def pair_losses(
+    model: nn.Module, pairs: Any, *, batch_size: int = 32, scale: float = 20.0
+) -> tuple[np.ndarray, int]:
+    """Per-pair multiple-negatives ranking loss (Henderson et al. 2017) under a fixed batching.
+
+    Rows are taken in order in chunks of ``batch_size``; a chunk's candidates are its
+    positives followed by its rows' own negatives (``-1`` = none), and
+    ``ℓ(i) = −log softmax_j(scale · cos(q_i, c_j))[pos(i)]`` with the other copies of the
+    row's positive removed, as in :func:`prunus.negatives.train.fine_tune`. Returns the losses
+    and the number of texts encoded.
+    """
+    from prunus.negatives.train import encode_for_training
+
+    was_training = model.training
+    model.eval()
+    out, texts = [], 0
+    try:
+        for begin in range(0, len(pairs.queries), batch_size):
+            rows = np.arange(begin, min(begin + batch_size, len(pairs.queries)))
+            loss, n = _pair_batch_loss(model, pairs, rows, scale, encode_for_training, "none")
+            out.append(loss.double().cpu().numpy())
+            texts += n
+    finally:
+        model.train(was_training)
+    return np.concatenate(out), texts
+
+
+def _pair_batch_loss(model, pairs, rows, scale, encode, reduction):
+    """The ranking loss of one batch of pair rows and the texts it encoded."""
+    import torch.nn.functional as F
+
+    negatives = pairs.negative_rows[rows].ravel()
+    candidates = np.concatenate([pairs.positive_rows[rows], negatives[negatives >= 0]])
+    anchors = encode(model, [pairs.queries[i] for i in rows])
+    docs = encode(model, [pairs.corpus[r] for r in candidates])
+    index = torch.arange(len(rows), device=anchors.device)
+    ids = torch.as_tensor(candidates, device=anchors.device)
+    drop = ids[None, :] == ids[index][:, None]  # the positive's own copies
+    drop[index, index] = False
+    logits = scale * (F.normalize(anchors, dim=-1) @ F.normalize(docs, dim=-1).T)
+    logits = logits.masked_fill(drop, -torch.inf)
+    return F.cross_entropy(logits, index, reduction=reduction), len(rows) + len(candidates)
+
+
+def _train_pairs(model, pairs, ids, *, examples, steps, settings, scale) -> dict[str, Any]:
+    """AdamW on the trainable parameters over the chosen pair rows (seeded order, a fresh
+    permutation each pass) for exactly ``examples`` pairs or ``steps`` steps."""
+    from prunus.negatives.train import encode_for_training
+    from prunus.text.train import _adamw, _scheduler
+
+    batch_size, seed = settings["batch_size"], settings["seed"]
+    rng = np.random.default_rng(seed)
+    plan: list[np.ndarray] = []
+    left = examples
+    while (left is None or left > 0) and (steps is None or len(plan) < steps):
+        order = ids[rng.permutation(len(ids))]
+        for begin in range(0, len(order), batch_size):
+            batch = order[begin : begin + batch_size]
+            if left is not None:
+                batch = batch[:left]
+                left -= len(batch)
+            plan.append(batch)
+            if (left is not None and left <= 0) or (steps is not None and len(plan) >= steps):
+                break
+    optimizer = _adamw(model, settings["lr"], settings["weight_decay"], (0.9, 0.95))
+    scheduler = _scheduler(optimizer, settings["schedule"], settings["lr"], settings["warmup"],
+                           len(plan))
+    losses, texts = [], 0
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model.train()
+        for batch in plan:
+            loss, n = _pair_batch_loss(model, pairs, batch, scale, encode_for_training, "mean")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings["grad_clip"] is not None:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], settings["grad_clip"]
+                )
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            texts += n
+    model.eval()
+    return {"steps": len(plan), "examples": int(sum(len(b) for b in plan)), "texts": texts,
+            "train_loss": losses}
 
 
 # --------------------------------------------------------------------------- parameters
@@ -522,11 +731,21 @@ def _check_budget(budget: Any, unit: str) -> int:
     return int(budget)
 
 
+def _data_kind(data: Any) -> str:
+    """``"documents"`` (DocumentSequences) or ``"pairs"`` (TrainingPairs); else an error."""
+    if all(hasattr(data, a) for a in ("queries", "positive_rows", "negative_rows", "corpus")):
+        if len(data.queries) == 0:
+            raise PrunusError("data holds no pairs to recover on.")
+        return "pairs"
+    _check_sequences(data)
+    return "documents"
+
+
 def _check_sequences(data: Any) -> None:
     if not all(hasattr(data, a) for a in ("doc_ids", "input_ids", "attention_mask")):
         raise PrunusError(
-            "data must be DocumentSequences (prunus.text.document_sequences) "
-            f"(got {type(data).__name__})."
+            "data must be DocumentSequences (prunus.text.document_sequences) or TrainingPairs "
+            f"(prunus.negatives.train) (got {type(data).__name__})."
         )
     if len(data.doc_ids) == 0:
         raise PrunusError("data holds no documents to recover on.")
