@@ -684,6 +684,42 @@ def find_label_issues(
     return ScoreTable(dataset.ids.copy(), dataset.y.copy(), columns, metadata)
 
 
+def label_issue_scores(
+    model: Any,
+    dataset: Dataset,
+    *,
+    batch_size: int = 1024,
+    progress: Any = None,
+    folds: int = 5,
+    epochs: int = 10,
+    seed: int = 0,
+) -> np.ndarray:
+    """Confident learning in the shape of an ``outputs`` score method (``fn(model, dataset, *,
+    batch_size, progress)``, for :func:`prunus.data.score` and the study harness once registered
+    in ``prunus.registry.SCORES``): ``is_issue + label_issue`` of :func:`find_label_issues` (``label_issue = 1 − p̂_y``),
+    so every flagged example (in [1, 2]) ranks above every unflagged one (in [0, 1]); higher =
+    more likely mislabeled. ``select(table, keep, "easiest")`` with ``keep = 1 − flagged share``
+    removes exactly the flagged examples; any other keep removes the most suspicious first.
+
+    ``model`` (the proxy :func:`prunus.data.score` trained) only gives the architecture: it is
+    copied and re-initialised (``reset_parameters`` of every submodule, seeded), then trained
+    ``folds`` times for ``epochs`` epochs (batch 128) on the other folds, so no example is scored
+    by a model that saw it. ``batch_size`` is the prediction batch. Defaults: 5 folds, 10 epochs.
+    """
+    import torch
+
+    template = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for module in template.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    device = next(template.parameters()).device
+    table = find_label_issues(dataset, template, seeds=(seed,), folds=folds, epochs=epochs,
+                              eval_batch_size=batch_size, device=str(device))
+    return table.scores("is_issue") + table.scores("label_issue")
+
+
 # -- helpers -----------------------------------------------------------------------------------
 
 
