@@ -86,8 +86,10 @@ def _check_masks_hold(model, masks):
 
 
 @pytest.mark.parametrize("arch", ["llama_tiny", "gpt_tiny"])
-@pytest.mark.parametrize("params", PARAMS)
-def test_pruned_positions_stay_zero_and_only_chosen_parameters_change(data, models, arch, params):
+@pytest.mark.parametrize(("params", "delta"), [("norm+bias", "masked"), ("lora", "masked"),
+                                               ("lora", "dense"), ("all", "masked")])
+def test_pruned_positions_stay_zero_and_only_chosen_parameters_change(data, models, arch, params,
+                                                                      delta):
     _, _, seqs = data
     _, pruned = models[arch]
     model = copy.deepcopy(pruned)
@@ -95,8 +97,14 @@ def test_pruned_positions_stay_zero_and_only_chosen_parameters_change(data, mode
     before = _state(model)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     kinds = {n: type(m) for n, m in model.named_modules()}
-    result = recover(model, seqs, 1500, params, batch_size=8, seed=1)
+    few = type(seqs)(seqs.doc_ids[:30], seqs.input_ids[:30], seqs.attention_mask[:30])
+    result = recover(model, seqs, 1500, params, batch_size=8, seed=1, lora_delta=delta,
+                     eval_sets={"few": few}, eval_at_start=False)
     assert result.model is model
+    if delta == "masked":  # the model trained is the model returned (LoRA: merged)
+        assert result.perplexity["few"] == pytest.approx(result.train.perplexity["few"], rel=1e-5)
+    else:  # peft's dense side path: the masked merge changes the model
+        assert result.perplexity["few"] != pytest.approx(result.train.perplexity["few"], rel=1e-5)
     _check_masks_hold(model, masks)
     # no adapter left, every module back to its own class, requires_grad restored
     assert {n: type(m) for n, m in model.named_modules()} == kinds
@@ -233,6 +241,7 @@ def test_bad_input_is_one_sentence_naming_the_field(data, models):
         ({"budget": 100, "policy": "loss_increase"}, "dense must be the unpruned model"),
         ({"budget": 100, "fraction": 0.0}, "fraction"),
         ({"budget": 100, "params": "lora", "lora_targets": ["nope"]}, "lora_targets"),
+        ({"budget": 100, "params": "lora", "lora_delta": "sparse"}, "lora_delta must be one of: dense, masked"),
     ]
     for kwargs, message in cases:
         with pytest.raises(PrunusError, match=message) as info:

@@ -10,11 +10,12 @@ What is trained (``params``):
   in the Era of LLMs*): only the parameters of normalisation layers (LayerNorm, RMSNorm, …)
   and every bias; well under 1% of a transformer's parameters, and no mask can be touched.
 - ``"lora"`` — LoRA adapters (Hu et al. 2021) via ``peft`` on the masked linear layers:
-  ``W' = W + (α/r)·B·A``. At the end the delta is merged back **through the mask**,
-  ``W' = (W + (α/r)·B·A) ⊙ M``, so pruned positions stay exactly zero and the model has no
-  adapter left. During training the adapter's delta is dense (peft's forward), so the merged
-  model can differ slightly from the one trained; pass ``eval_sets`` to see both
-  (``result.train.perplexity`` is before the merge, ``result.perplexity`` after).
+  ``ΔW = (α/r)·B·A``, merged back at the end **through the mask**, ``W' = (W + ΔW) ⊙ M``, so
+  pruned positions stay exactly zero and the model has no adapter left. By default
+  (``lora_delta="masked"``) the forward pass also uses ``(W + ΔW) ⊙ M``, so the model trained
+  is the model merged. With ``lora_delta="dense"`` training uses peft's own dense side path
+  ``W⊙M·x + ΔW·x`` and the masked merge then drops part of what was learnt; pass ``eval_sets``
+  to see both (``result.train.perplexity`` is before the merge, ``result.perplexity`` after).
 - ``"all"`` — every parameter; masked weights stay masked (their parametrization makes the
   gradient at pruned positions exactly zero, and :func:`prunus.weights.zero_pruned` holds
   the underlying values at zero).
@@ -29,9 +30,16 @@ Which data (``policy``):
 - any :class:`~prunus.data.table.ScoreTable` keyed by document id, kept with
   :func:`prunus.data.select` (its ``metadata["keep"]`` policy, else ``"hardest"``).
 
-Compute is charged honestly: tokens forwarded to score the documents (the pruned and the
-dense model for ``loss_increase``) and tokens forwarded in training, with theoretical FLOPs
-(``2·N`` per scoring token, ``6·N`` per training token, as in :mod:`prunus.text.train`).
+Models: causal LMs on documents (:class:`~prunus.text.tokenizer.DocumentSequences`; the
+fine-tune is :func:`prunus.text.train.train_lm`) and sentence-embedding models on
+query/positive pairs (:class:`~prunus.negatives.train.TrainingPairs`; the multiple-negatives
+ranking loss of :mod:`prunus.negatives`).
+
+Compute is charged honestly: what was forwarded to score the examples (the pruned and the
+dense model for ``loss_increase``) and to train — tokens for an LM, with theoretical FLOPs
+(``2·N`` per scoring token, ``6·N`` per training token, as in :mod:`prunus.text.train`; the
+frozen weights of ``norm+bias``/``lora`` still cost their backward pass through activations,
+so 6·N overstates those a little), texts encoded for an embedding model.
 
 Example::
 
@@ -60,12 +68,14 @@ PARAMS = ("norm+bias", "lora", "all")
 POLICIES = ("random", "loss_increase")
 UNITS = ("tokens", "steps")
 PAIR_UNITS = ("examples", "steps")
+LORA_DELTAS = ("masked", "dense")
 # Default peak learning rates: a few parameters move further per step than all of them.
 DEFAULT_LR = {"norm+bias": 1e-3, "lora": 1e-3, "all": 1e-4}
 ADAPTER = "default"
 
 __all__ = [
     "DEFAULT_LR",
+    "LORA_DELTAS",
     "PAIR_UNITS",
     "PARAMS",
     "POLICIES",
@@ -89,14 +99,17 @@ class RecoveryResult:
         params: the ``params`` mode.
         trainable: names of the parameters trained (LoRA: the adapter matrices).
         n_trainable: how many values they hold.
-        ids: the document ids of the recovery set, ascending.
+        ids: the example ids of the recovery set (document ids, or pair rows), ascending.
         scores: the score table the set was chosen by (None for ``random``).
         train: the :class:`~prunus.text.train.LMResult` of the fine-tune (its perplexities
-            are the trained model's, before a LoRA merge).
+            are the trained model's, before a LoRA merge); for pairs a dict (``steps``,
+            ``examples``, ``texts``, ``train_loss``).
         perplexity: ``eval_sets`` perplexities of the returned model (after the merge).
-        compute: tokens forwarded for ``scoring`` and ``training`` and their sum ``tokens``,
-            theoretical ``flops`` and wall ``seconds`` by phase, and ``score_table_cost``
-            (a given table's own recorded cost, charged to whoever made it).
+        compute: ``unit`` (``"tokens"`` or ``"texts"``), what was forwarded for scoring and
+            for training (``scoring_tokens``, ``training_tokens`` and their sum ``tokens``;
+            pairs: ``scoring_texts``, ``training_texts``, ``texts``, ``training_examples``),
+            theoretical ``flops`` (LM) and wall ``seconds`` by phase, and
+            ``score_table_cost`` (a given table's own recorded cost, charged to its maker).
     """
 
     model: nn.Module
@@ -128,6 +141,7 @@ def recover(
     lora_rank: int = 8,
     lora_alpha: float = 16.0,
     lora_targets: list[str] | None = None,
+    lora_delta: str = "masked",
     weight_decay: float = 0.0,
     schedule: str = "cosine",
     warmup: float = 0.05,
@@ -171,6 +185,9 @@ def recover(
         lora_rank, lora_alpha: LoRA's ``r`` and ``α``. Defaults 8 and 16.
         lora_targets: module names given LoRA adapters (default: the modules whose weight is
             masked, else every linear layer that is not tied to an embedding).
+        lora_delta: ``"masked"`` (default): the adapter's delta passes through the mask in the
+            forward pass too, ``W⊙M + ΔW⊙M``, so the model trained is exactly the model merged;
+            ``"dense"``: peft's own forward (``W⊙M·x + ΔW·x``), masked only at the merge.
         weight_decay: AdamW decay on matrices. Default 0 (a short repair, not a new training).
         schedule, warmup, grad_clip: as in :func:`~prunus.text.train.train_lm`.
         eval_sets: LM only: name -> sequences evaluated (perplexity) before (``eval_at_start``,
@@ -189,6 +206,8 @@ def recover(
     """
     if params not in PARAMS:
         raise choice_error("params", params, PARAMS)
+    if lora_delta not in LORA_DELTAS:
+        raise choice_error("lora_delta", lora_delta, LORA_DELTAS)
     kind = _data_kind(data)
     units = UNITS if kind == "documents" else PAIR_UNITS
     unit = units[0] if unit is None else unit
@@ -205,7 +224,7 @@ def recover(
         "column": column, "batch_size": int(batch_size), "lr": lr, "seed": seed,
         "weight_decay": weight_decay, "schedule": schedule, "warmup": warmup,
         "grad_clip": grad_clip, "scoring_batch_size": scoring_batch_size,
-        "lora": (lora_rank, lora_alpha, lora_targets),
+        "lora": (lora_rank, lora_alpha, lora_targets, lora_delta),
     }
     if kind == "documents":
         return _recover_lm(model, data, budget, params, unit, settings, eval_sets, eval_at_start)
@@ -589,9 +608,10 @@ class _Trainable:
     :meth:`finish` merges the adapters through the masks and restores ``requires_grad``."""
 
     def __init__(self, model: nn.Module, params: str, rank: int, alpha: float,
-                 targets: list[str] | None) -> None:
+                 targets: list[str] | None, delta: str = "masked") -> None:
         self.model = model
         self.params = params
+        self.delta = delta
         self.flags = {id(p): (p, p.requires_grad) for p in model.parameters()}
         self.lora_modules: list[str] = []
         if params == "lora":
@@ -644,6 +664,10 @@ class _Trainable:
         )
         peft.inject_adapter_in_model(config, self.model, adapter_name=ADAPTER)
         self.lora_modules = names
+        if self.delta == "masked":
+            modules = dict(self.model.named_modules())
+            for name in names:
+                _mask_delta_in_forward(modules[name])
 
     @torch.no_grad()
     def finish(self, merge: bool) -> None:
@@ -688,6 +712,34 @@ def _underlying(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
+class _MaskedDelta(nn.Module):
+    """Parametrization appended after a :class:`~prunus.weights.masks.Mask`:
+    ``W⊙M ↦ W⊙M + ΔW⊙M`` with ``ΔW = (α/r)·B·A`` read from a peft LoRA layer, so that the
+    forward pass trains exactly the weight that the merge will produce."""
+
+    def __init__(self, layer: nn.Module, mask: torch.Tensor) -> None:
+        super().__init__()
+        self._layer = [layer]  # a list: not a submodule (the layer holds this module)
+        self.mask = mask
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self._layer[0].get_delta_weight(ADAPTER).to(weight.dtype) * self.mask
+
+
+def _mask_delta_in_forward(layer: nn.Module) -> None:
+    """Turn peft's dense side path ``x ↦ (α/r)·B·A·x`` off on a masked layer and add the
+    masked delta to its weight instead (:class:`_MaskedDelta`). Unmasked layers keep peft's
+    own forward (their delta is exact already)."""
+    from torch.nn.utils import parametrize
+
+    base = layer.base_layer
+    if not parametrize.is_parametrized(base, "weight"):
+        return
+    mask = next(p.mask for p in base.parametrizations.weight if hasattr(p, "mask"))
+    layer.enable_adapters(False)  # peft's forward: base layer only (grads are set again later)
+    parametrize.register_parametrization(base, "weight", _MaskedDelta(layer, mask))
+
+
 def _merge_lora(model: nn.Module, names: list[str], merge: bool) -> None:
     """Replace every adapted layer by its base layer; with ``merge``, first add the adapter's
     delta to the base weight through its mask: ``original += ΔW ⊙ M`` (so ``W' = (W + ΔW) ⊙ M``
@@ -696,6 +748,11 @@ def _merge_lora(model: nn.Module, names: list[str], merge: bool) -> None:
     for name in names:
         layer = modules[name]
         base = layer.base_layer
+        if hasattr(base, "parametrizations"):  # drop a _MaskedDelta, keep the Mask
+            plist = base.parametrizations.weight
+            for i in reversed(range(len(plist))):
+                if isinstance(plist[i], _MaskedDelta):
+                    del plist[i]
         if merge:
             delta = layer.get_delta_weight(ADAPTER).to(_underlying(base).dtype)
             from torch.nn.utils import parametrize
