@@ -190,12 +190,14 @@ class PrunusTrainer(transformers.Trainer):
         n, batch = len(dataset), self._train_batch_size
         sampler = runner.make_sampler(n, batch)
         if not runner.started:
-            per_epoch = steps_per_epoch(n, batch)
+            # optimizer steps, as the Trainer counts them (weight policies' step fractions)
+            per_epoch = math.ceil(steps_per_epoch(n, batch) / self.args.gradient_accumulation_steps)
             epochs = math.ceil(self.args.num_train_epochs)
+            total = epochs * per_epoch
             if self.args.max_steps > 0:
-                epochs = math.ceil(self.args.max_steps / per_epoch)
+                epochs, total = math.ceil(self.args.max_steps / per_epoch), self.args.max_steps
             runner.start(
-                self.model, epochs=epochs, batch_size=batch, total_steps=epochs * per_epoch,
+                self.model, epochs=epochs, batch_size=batch, total_steps=total,
                 num_examples=n, device=self.args.device,
             )
         return sampler
