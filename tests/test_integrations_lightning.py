@@ -173,13 +173,15 @@ def test_reweight_replaces_the_loss():
 
 def test_rho_loss_trains_on_the_top_of_each_batch_and_skips_its_holdout():
     data = Rows()
-    train = Dataset("rows", np.arange(N), data.x.numpy(), data.y.numpy(), 2)
+    ids = 1000 + 3 * np.arange(N)  # prunus ids that are not row positions
+    train = Dataset("rows", ids, data.x.numpy(), data.y.numpy(), 2)
     module = Net()
     policy = get_online("rho_loss", keep=0.25, holdout_fraction=0.25, irreducible_model=mlp())
     callback = PrunusCallback(policy, train_data=train)
     fit(module, callback, data, epochs=2)
     holdout = set(policy.holdout_rows.tolist())
     assert holdout and not holdout & set(data.read)
+    assert sorted(set(data.read)) == sorted(set(range(N)) - holdout)
     rows = N - len(holdout)
     sizes = [min(BATCH, rows - start) for start in range(0, rows, BATCH)]
     assert module.trained == [math.ceil(0.25 * size) for size in sizes] * 2
@@ -280,6 +282,10 @@ def test_data_policies_need_the_loader_and_the_loss_hook():
         fit(Net(), PrunusCallback(get_online("rho_loss")), rows, epochs=1)
     with pytest.raises(PrunusError, match="prunus callbacks"):
         PrunusCallback("rs2")
+    used = PrunusCallback(get_online("rs2"))
+    fit(Plain(), used, rows, epochs=1)
+    with pytest.raises(PrunusError, match="one fit"):
+        fit(Plain(), used, rows, epochs=1)
 
 
 def test_missing_lightning_names_the_extra(monkeypatch):

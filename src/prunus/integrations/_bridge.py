@@ -7,9 +7,10 @@ policy runs unchanged. The framework adapters only translate their hooks into
 :meth:`PolicyRunner.batch_start`, :meth:`PolicyRunner.loss`, :meth:`PolicyRunner.after_backward`
 and :meth:`PolicyRunner.after_step`.
 
-Example ids are **row positions** of the training dataset the framework loads from: the
-runner's :class:`EpochSampler` decides which rows each epoch visits, in which order, so it
-knows the ids of every batch by counting the rows the loop has consumed.
+Example ids are the **row positions** of the training dataset the framework loads from (or,
+with ``train_data=``, that prunus Dataset's ids, row for row): the runner's
+:class:`EpochSampler` decides which rows each epoch visits, in which order, so it knows the ids
+of every batch by counting the rows the loop has consumed.
 """
 
 from __future__ import annotations
@@ -143,13 +144,15 @@ class PolicyRunner:
                 f"train_data has {len(self.train_data)} rows but the training dataset has "
                 f"{num_examples}; pass the prunus Dataset whose rows are the training rows."
             )
-        self._check_policies(train)
+        self._check_policies()
         self.state = State(
             model=model, train=train, eval=None, config=config, device=device,
             meter=ExampleMeter(), optimizer=_unwrap(optimizer),
         )
         self.state.total_steps = max(int(total_steps), 1)
-        self.state.extra["ids_are_positions"] = True
+        self.state.extra["ids_are_positions"] = bool(
+            np.array_equal(train.ids, np.arange(len(train)))
+        )
         self.state.extra["per_example_loss"] = self._losses_of
         self.fire(Event.FIT_START, self.state)
         self._scheduler = self.state.scheduler
@@ -177,6 +180,10 @@ class PolicyRunner:
         weights = None if state.epoch_weights is None else np.asarray(state.epoch_weights, np.float32)
         self._orders.append((ids, weights))
         return ids, weights
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions in the framework dataset of example ``ids``."""
+        return self._require_started().positions(ids)
 
     def batch_start(self, batch: Any, step: int) -> Any:
         """Fire ``batch_start`` for the framework batch; returns the batch to train on (the
@@ -262,9 +269,11 @@ class PolicyRunner:
             )
         return self.state
 
-    def _check_policies(self, train: Any) -> None:
+    def _check_policies(self) -> None:
+        from prunus.data.online.rho_loss import RhoLoss
+
         for policy in self.policies:
-            if type(policy).__name__ == "RhoLoss" and self.train_data is None:
+            if isinstance(policy, RhoLoss) and self.train_data is None:
                 raise PrunusError(
                     "rho_loss trains its irreducible-loss model with prunus: pass train_data= "
                     "(the training set as a prunus Dataset, row for row)."
@@ -360,7 +369,7 @@ class EpochSampler(Sampler[int]):
 
     def _upcoming(self) -> np.ndarray:
         if self._next is None:
-            self._next = self.runner.epoch_order()[0]
+            self._next = self.runner.positions(self.runner.epoch_order()[0])
         return self._next
 
     def __len__(self) -> int:

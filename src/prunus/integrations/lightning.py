@@ -130,6 +130,8 @@ class PrunusCallback(L.Callback):
 
     # -- Lightning hooks ---------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.runner.started:
+            raise PrunusError("a PrunusCallback drives one fit; build a new one for the next fit.")
         # The training loader does not exist yet: start the policies when it is first sized
         # (the sampler asks) or, at the latest, when training starts.
         self.runner.starter = lambda: self._start(trainer, pl_module)
