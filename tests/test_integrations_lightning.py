@@ -99,9 +99,11 @@ def fit(module, callback, data, epochs=3, **trainer_options):
         def train_dataloader(self):
             return callback.dataloader(data, batch_size=BATCH)
 
+    extra = trainer_options.pop("callbacks", [])
     trainer = L.Trainer(
-        max_epochs=epochs, callbacks=[callback], accelerator="cpu", enable_checkpointing=False,
-        logger=False, enable_progress_bar=False, enable_model_summary=False, **trainer_options,
+        max_epochs=epochs, callbacks=[callback, *extra], accelerator="cpu",
+        enable_checkpointing=False, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, **trainer_options,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -216,6 +218,23 @@ def test_weight_policy_reaches_an_exact_mask(method, sparsity, settings):
             assert bool((t.weight[~masks[t.name]] == 0).all())
     if method in ("set", "rigl", "granet"):
         assert policy.updates > 0
+
+
+def test_lottery_ticket_rewinds_the_learning_rate_schedule():
+    class LearningRates(L.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.seen.append(optimizer.param_groups[0]["lr"])
+
+    policy = get_sparsifier("imp", sparsity=0.8, rounds=2)
+    recorder = LearningRates()
+    fit(Plain(), PrunusCallback(policy), Rows(), epochs=3, callbacks=[recorder])
+    # the module's own LR is a constant 1e-2; prunus's schedule restarts at each round
+    assert max(recorder.seen) <= 1e-2 + 1e-12 and len(set(recorder.seen)) > 3
+    segment = policy.segment
+    assert recorder.seen[segment] < recorder.seen[segment - 1]  # warmup again after the rewind
 
 
 def test_snip_scores_on_the_given_batch():
