@@ -15,6 +15,9 @@ likely mislabeled), ``is_issue`` (0/1, at the method's own threshold) and ``sugg
 - ``forgetting``, ``el2n``, ``loss_early``, ``loss_late`` (:func:`training_dynamics`): rankers
   from one in-sample proxy run each seed, flagged by a two-component mixture
   (:func:`two_component_split`).
+
+:func:`label_issue_scores` is confident learning in the shape of a score method, for the study
+harness's score-policy arms.
 """
 
 from __future__ import annotations
