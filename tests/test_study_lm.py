@@ -110,6 +110,8 @@ def test_an_lm_only_study_needs_no_datasets_or_models():
     ({"policies": [{"lm": "rho1", "keep": [0.5]}]}, ["policies[0].keep", "token_keep"]),
     ({"targets": ["full-1pp"]}, ["targets[0]", "perplexit"]),
     ({"lm": {**TINY, "band": "median"}}, ["lm.band", "middle"]),
+    ({"lm": {**TINY, "model": "gpt_huge"}}, ["lm.model", "gpt_tiny", "directory"]),
+    ({"lm": {**TINY, "tokenizer": "/no/such/dir"}}, ["lm.tokenizer", "bpe"]),
     ({"policies": [{"lm": "dsir", "sparsity": [0.5]}]}, ["sparsity"]),
 ])
 def test_bad_lm_settings_are_one_sentence_naming_the_field(change, words):

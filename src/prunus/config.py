@@ -3,7 +3,7 @@ that names the field and its allowed values."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,7 +31,9 @@ class TrainConfig(StrictModel):
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of steps spent warming up")
     step_size: float = Field(0.3, gt=0, le=1, description="'step' schedule: decay every fraction")
     gamma: float = Field(0.1, gt=0, le=1, description="'step' schedule: decay factor")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas")
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2,
+        description="Adam/AdamW betas")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = Field(0, ge=0)
@@ -47,6 +49,8 @@ class TrainConfig(StrictModel):
         "and at the end, instead of after each epoch (one compute cadence for every arm)",
     )
     eval_at_start: bool = Field(False, description="evaluate before the first step too")
+    eval_each_epoch: bool = Field(True, description="evaluate after every epoch (else only "
+                                  "at eval_every steps and at the end)")
     examples: int | None = Field(
         None, ge=1,
         description="train for exactly this many examples backpropagated instead of `epochs` "

@@ -43,6 +43,7 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
+LM_NAMES = tuple(_CONFIGS)
 
 
 def build_lm(

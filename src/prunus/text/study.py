@@ -67,7 +67,8 @@ class LMConfig(StrictModel):
     corpus: Literal["stdlib", "text"] = "stdlib"
     corpus_options: dict[str, Any] = Field(default_factory=dict)
     target: list[str] | str = "email"
-    model: str = "gpt_tiny"
+    model: str = "gpt_tiny"  # a registry name or a local from_pretrained directory
+    tokenizer: str = "bpe"  # trained on the pool and cached, or a local tokenizer directory
     model_options: dict[str, Any] = Field(default_factory=dict)
     vocab_size: int = Field(2048, ge=258)
     context_length: int = Field(128, ge=8)
@@ -93,7 +94,16 @@ class LMConfig(StrictModel):
 
 def check_lm_config(config: dict[str, Any]) -> LMConfig:
     """Validate the settings of an LM run (one-sentence :class:`PrunusError`)."""
+    from pathlib import Path
+
+    from prunus.errors import choice_error
+    from prunus.text.lm import LM_NAMES
+
     cfg: LMConfig = validated(LMConfig, dict(config), where="lm")  # type: ignore[assignment]
+    if cfg.model not in LM_NAMES and not Path(cfg.model).is_dir():
+        raise choice_error("lm.model", cfg.model, [*LM_NAMES, "a local model directory"])
+    if cfg.tokenizer != "bpe" and not Path(cfg.tokenizer).is_dir():
+        raise choice_error("lm.tokenizer", cfg.tokenizer, ["bpe", "a local tokenizer directory"])
     if cfg.keep < 1 and cfg.policy in ("full", "target", *TOKEN_POLICIES):
         raise PrunusError(f"lm.keep does not apply to the {cfg.policy!r} policy (it trains on "
                           f"{'the target sample' if cfg.policy == 'target' else 'the whole pool'}"
@@ -176,12 +186,13 @@ class _Curve(Callback):
 
     def on_evaluation(self, state) -> None:
         meter = state.meter
+        row = state.last_eval
         self.rows.append({
-            "tokens": int(state.tokens), "step": int(state.step),
-            "train_seconds": float(meter.seconds["train"]),
+            "tokens": int(meter.tokens_forwarded["train"]), "step": int(state.step),
+            "train_seconds": float(meter.running_seconds()["train"]),
             "flops": float(meter.flops["train"] + meter.flops["reference"]),
-            "target_perplexity": float(state.evaluation["target"]),
-            "general_perplexity": float(state.evaluation["general"]),
+            "target_perplexity": float(row["target"]),
+            "general_perplexity": float(row["general"]),
         })
 
 
@@ -205,10 +216,10 @@ def _corpus(cfg: LMConfig):
 
 def _prepared(cfg: LMConfig) -> dict[str, Any]:
     """Corpus, tokenizer, per-document token counts and evaluation sequences (cached)."""
-    from prunus.text.tokenizer import document_sequences, train_tokenizer
+    from prunus.text.tokenizer import document_sequences, load_tokenizer
 
     key = repr((cfg.corpus, sorted(cfg.corpus_options.items()), cfg.target, cfg.data_seed,
-                cfg.vocab_size, cfg.context_length, cfg.eval_documents))
+                cfg.tokenizer, cfg.vocab_size, cfg.context_length, cfg.eval_documents))
     if key in _PREPARED:
         return _PREPARED[key]
     corpus = _corpus(cfg)
@@ -216,7 +227,7 @@ def _prepared(cfg: LMConfig) -> dict[str, Any]:
         if len(corpus[split]) == 0:
             raise PrunusError(f"lm: the corpus's {split!r} split is empty; choose another "
                               "target or more data.")
-    tokenizer = train_tokenizer(corpus, vocab_size=cfg.vocab_size)
+    tokenizer = load_tokenizer(cfg.tokenizer, corpus, vocab_size=cfg.vocab_size)
     pool = corpus["train"]
     counts = np.asarray([len(t) + 1 for t in tokenizer(list(pool.texts),
                                                        add_special_tokens=False)["input_ids"]])
@@ -294,7 +305,8 @@ def _timed(key: str, build):
 
 
 def _aux_key(cfg: LMConfig, name: str, *fields: str) -> str:
-    shared = ("corpus", "corpus_options", "target", "model", "model_options", "vocab_size",
+    shared = ("corpus", "corpus_options", "target", "model", "model_options", "tokenizer",
+              "vocab_size",
               "context_length", "batch_size", "lr", "data_seed")
     return repr((name, [(f, getattr(cfg, f)) for f in (*shared, *fields)]))
 

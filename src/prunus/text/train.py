@@ -1,15 +1,16 @@
 """Training a causal LM on packed blocks with a token budget, metered honestly.
 
-:func:`train_lm` is a plain loop: AdamW, a warmup + cosine (or one-cycle) learning-rate
-schedule, blocks visited in a seeded random order each pass. It stops after **exactly**
-``tokens`` training tokens, so that two data selections are compared at the same compute:
-the last block is cut to the tokens left. A *training token* is a real (non-padding) input
-token forwarded in a training step; the loss of a block of ``T`` real tokens has ``T − 1``
-targets.
+:func:`train_lm` runs the one training loop (:class:`prunus.train.Trainer`) with the causal-LM
+task (:class:`prunus.text.task.CausalLM`): AdamW (no decay on biases, norms and embeddings),
+a warmup + cosine (or one-cycle) learning-rate schedule, blocks visited in a seeded random
+order each pass. It stops after **exactly** ``tokens`` training tokens, so that two data
+selections are compared at the same compute: the step that reaches the budget uses only the
+tokens left. A *training token* is a real (non-padding) input token forwarded in a training
+step; the loss of a block of ``T`` real tokens has ``T − 1`` targets.
 
-Every run is metered (:class:`LMMeter`): tokens forwarded (training, evaluation, reference
-models), tokens that carry gradient (targets whose loss enters the objective, fewer under
-Rho-1 or zero weights), FLOPs and wall seconds by phase. FLOPs are **theoretical**
+Every run is metered (:class:`LMMeter`): tokens forwarded (training, evaluation, selection
+passes, reference models), tokens that carry gradient (targets whose loss enters the objective,
+fewer under Rho-1 or zero weights), FLOPs and wall seconds by phase. FLOPs are **theoretical**
 (Kaplan et al. 2020): ``6·N`` per training token, ``2·N`` per evaluation or reference token,
 with ``N`` the model's non-embedding parameter count (token and position embeddings, and the
 head tied to them, are left out, so the head's matmul is not counted).
@@ -17,19 +18,17 @@ head tied to them, are left out, so the head's matmul is not counted).
 Perplexity is ``exp`` of the mean token loss over every real target token of an evaluation
 set (lower is better).
 
-Callbacks are :class:`prunus.train.events.Callback` objects; the loop fires ``fit_start``,
-``batch_start``, ``after_forward`` (``state.token_losses``, ``state.target_mask`` and
-``state.keep`` are set; a callback may replace ``state.keep``, the bool mask of targets that
-carry gradient), ``after_loss``, ``after_step``, ``batch_end``, ``evaluation`` and ``fit_end``
-with an :class:`LMState`.
+Callbacks are :class:`prunus.train.events.Callback` objects and see the loop's
+:class:`prunus.train.State`; at ``after_forward`` ``state.token_losses``, ``state.target_mask``
+and ``state.keep`` are set, and a callback may narrow ``state.keep`` (the bool mask of targets
+that carry gradient). Every data method of the loop (Selective Backprop, RS2, InfoBatch…) works
+on blocks as examples.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +38,10 @@ from torch import nn
 
 from prunus.errors import PrunusError, choice_error
 from prunus.text.lm import token_losses
-from prunus.train.events import Callback, Event, EventDispatcher
+from prunus.train.events import Callback
+from prunus.train.meter import PhaseClock
 
 SCHEDULES = ("cosine", "onecycle", "constant")
-PHASES = ("train", "eval", "scoring")
 
 __all__ = [
     "SCHEDULES",
@@ -60,52 +59,43 @@ __all__ = [
 
 
 @dataclass
-class LMMeter:
+class LMMeter(PhaseClock):
     """What an LM run spends: tokens, theoretical FLOPs and wall seconds by phase.
 
     ``tokens_forwarded``: ``train`` (real input tokens of training steps), ``eval`` (real
-    tokens of evaluation sets) and ``reference`` (tokens a reference model forwarded, e.g.
-    Rho-1's). ``tokens_with_grad``: training targets whose loss enters the objective.
-    ``flops``: theoretical, per phase as in the module docstring.
+    tokens of evaluation sets), ``selection`` (forward passes a data method made to choose)
+    and ``reference`` (tokens a reference model forwarded, e.g. Rho-1's). ``tokens_with_grad``:
+    training targets whose loss enters the objective. ``flops``: theoretical, per phase as in
+    the module docstring.
     """
 
     n_params: int = 0
     tokens_forwarded: dict[str, int] = field(
-        default_factory=lambda: {"train": 0, "eval": 0, "reference": 0}
+        default_factory=lambda: {"train": 0, "eval": 0, "selection": 0, "reference": 0}
     )
     tokens_with_grad: int = 0
     targets: int = 0
     flops: dict[str, float] = field(
-        default_factory=lambda: {"train": 0.0, "eval": 0.0, "reference": 0.0}
+        default_factory=lambda: {"train": 0.0, "eval": 0.0, "selection": 0.0, "reference": 0.0}
     )
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     flops_theoretical: bool = True
-    _running: list[list] = field(default_factory=list, repr=False)
 
     @property
     def total_flops(self) -> float:
         return float(sum(self.flops.values()))
 
     @property
-    def total_seconds(self) -> float:
-        return float(sum(self.seconds.values()))
+    def examples_backpropagated(self) -> int:
+        """The loop's compute cadence counts tokens that carry gradient."""
+        return self.tokens_with_grad
 
-    @contextmanager
-    def timing(self, phase: str):
-        """Add the wall time of the block to ``phase``; an inner phase pauses the outer one."""
-        now = time.perf_counter()
-        if self._running:
-            outer = self._running[-1]
-            self.seconds[outer[0]] = self.seconds.get(outer[0], 0.0) + now - outer[1]
-        self._running.append([phase, now])
-        try:
-            yield
-        finally:
-            end = time.perf_counter()
-            _, start = self._running.pop()
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + end - start
-            if self._running:
-                self._running[-1][1] = end
+    def snapshot(self) -> dict[str, float]:
+        """Cumulative counters for an evaluation row (the running phase up to now)."""
+        seconds = self.running_seconds()
+        row: dict[str, float] = {f"{phase}_seconds": v for phase, v in seconds.items()}
+        row.update(total_seconds=sum(seconds.values()), tokens=self.tokens_forwarded["train"],
+                   tokens_with_grad=self.tokens_with_grad, flops=self.total_flops)
+        return row
 
     def charge_forward(self, phase: str, tokens: int, n_params: int) -> None:
         """Count ``tokens`` forwarded without gradient by a model of ``n_params``
@@ -336,102 +326,44 @@ def train_lm(
         raise PrunusError(f"lr must be positive (got {lr!r}).")
     if not 0 <= warmup < 1:
         raise PrunusError(f"warmup must be in [0, 1) (got {warmup!r}).")
-    eval_sets = dict(eval_sets or {})
-    eval_batch_size = eval_batch_size or 2 * batch_size
+    from prunus.config import TrainConfig, validated
+    from prunus.text.task import BlockRows, CausalLM
+    from prunus.train.trainer import Trainer
+
     weights_np = _token_weights(token_weights, blocks)
     real = np.asarray(blocks.attention_mask).sum(1).astype(np.int64)
     if real.sum() == 0:
         raise PrunusError("the blocks hold no tokens.")
-    plan = _plan(real, batch_size, seed, tokens=tokens, epochs=epochs)
-    total_steps = len(plan)
-
-    device = next(model.parameters()).device
+    rows = BlockRows(blocks)
+    budget: dict[str, Any] = {"epochs": int(epochs)} if tokens is None else _rows_for(real, tokens)
+    config = validated(TrainConfig, {
+        **budget, "batch_size": int(batch_size), "eval_batch_size": int(eval_batch_size or
+                                                                         2 * batch_size),
+        "optimizer": "adamw", "lr": lr, "weight_decay": weight_decay, "betas": list(betas),
+        "schedule": schedule, "warmup": warmup, "grad_clip": grad_clip, "seed": seed,
+        "device": str(next(model.parameters()).device), "eval_every": eval_every,
+        "eval_at_start": bool(eval_sets) and eval_at_start, "eval_each_epoch": False,
+    }, "train")
     meter = meter or LMMeter()
     meter.n_params = non_embedding_parameters(model)
-    optimizer = _adamw(model, lr, weight_decay, betas)
-    scheduler = _scheduler(optimizer, schedule, lr, warmup, total_steps)
-    state = LMState(model=model, optimizer=optimizer, meter=meter, total_steps=total_steps)
-    dispatch = EventDispatcher(callbacks)
-    history: list[dict[str, float]] = []
-    train_loss: list[float] = []
-
-    def evaluate() -> None:
-        with meter.timing("eval"):
-            row: dict[str, float] = {"step": state.step, "tokens": state.tokens}
-            for name, data in eval_sets.items():
-                ppl, loss, _ = evaluate_lm(model, data, batch_size=eval_batch_size, meter=meter)
-                row[name], row[f"{name}_loss"] = ppl, loss
-            state.evaluation = row
-            history.append(row)
-        dispatch(Event.EVALUATION, state)
-
-    cuda = [device] if device.type == "cuda" else []
+    task = CausalLM(eval_sets, tokens=tokens, token_weights=weights_np)
+    losses = _StepLosses()
+    cuda = [torch.device(config.device)] if config.device.startswith("cuda") else []
     with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        dispatch(Event.FIT_START, state)
-        if eval_sets and eval_at_start:
-            evaluate()
-        model.train()
-        for rows, cut in plan:
-            with meter.timing("train"):
-                ids = blocks.input_ids[rows]
-                mask = np.array(blocks.attention_mask[rows])
-                if cut is not None:  # the budget ends inside the last block of this step
-                    mask[-1, cut:] = 0
-                state.input_ids = torch.as_tensor(ids, device=device)
-                state.attention_mask = torch.as_tensor(mask, device=device)
-                state.token_doc_ids = torch.as_tensor(blocks.token_doc_ids[rows], device=device)
-                state.weights = (
-                    None
-                    if weights_np is None
-                    else torch.as_tensor(weights_np[rows][:, 1:], device=device, dtype=torch.float32)
-                )
-                dispatch(Event.BATCH_START, state)
-                losses, target_mask = token_losses(model, state.input_ids, state.attention_mask)
-                state.token_losses, state.target_mask = losses, target_mask
-                state.keep = target_mask
-                dispatch(Event.AFTER_FORWARD, state)
-                keep = state.keep & target_mask
-                if state.weights is None:
-                    state.loss = (losses * keep).sum() / keep.sum().clamp_min(1)
-                    grad = keep
-                else:  # Σ w·ℓ / #targets: weights are multipliers (mean 1 keeps the scale)
-                    state.loss = (losses * state.weights * keep).sum() / keep.sum().clamp_min(1)
-                    grad = keep & (state.weights != 0)
-                dispatch(Event.AFTER_LOSS, state)
-                optimizer.zero_grad(set_to_none=True)
-                state.loss.backward()
-                if grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-                scheduler.step()
-                forwarded = int(mask.sum())
-                meter.tokens_forwarded["train"] += forwarded
-                meter.flops["train"] += 6.0 * meter.n_params * forwarded
-                meter.tokens_with_grad += int(grad.sum())
-                meter.targets += int(target_mask.sum())
-                state.step += 1
-                state.tokens += forwarded
-                train_loss.append(float(state.loss.detach()))
-                dispatch(Event.AFTER_STEP, state)
-                dispatch(Event.BATCH_END, state)
-            if eval_sets and eval_every and state.step % eval_every == 0 and state.step < total_steps:
-                model.eval()
-                evaluate()
-                model.train()
-        model.eval()
-        if eval_sets:
-            evaluate()
-        dispatch(Event.FIT_END, state)
+        result = Trainer(model, rows, [*callbacks, losses], config, task=task, meter=meter).fit()
+    model.eval()
+    history = [{"step": r["step"], "tokens": r["tokens"],
+                **{k: r[k] for n in (eval_sets or {}) for k in (n, f"{n}_loss")}}
+               for r in result.history] if eval_sets else []
     last = history[-1] if history else {}
     return LMResult(
         model=model,
-        perplexity={name: last[name] for name in eval_sets},
-        loss={name: last[f"{name}_loss"] for name in eval_sets},
+        perplexity={name: last[name] for name in eval_sets or {}},
+        loss={name: last[f"{name}_loss"] for name in eval_sets or {}},
         history=history,
-        train_loss=train_loss,
-        steps=state.step,
-        tokens=state.tokens,
+        train_loss=losses.values,
+        steps=losses.steps,
+        tokens=meter.tokens_forwarded["train"],
         meter=meter,
         settings={
             "tokens": tokens,
@@ -450,34 +382,45 @@ def train_lm(
     )
 
 
-def _plan(
-    real: np.ndarray, batch_size: int, seed: int, *, tokens: int | None, epochs: int | None
-) -> list[tuple[np.ndarray, int | None]]:
-    """The steps: (block rows, cut) where ``cut`` (if not None) is how many tokens of the
-    step's last block are used. Each pass visits the blocks in a fresh seeded order."""
-    rng = np.random.default_rng(seed)
-    plan: list[tuple[np.ndarray, int | None]] = []
-    left = tokens
-    passes = 0
-    nonempty = np.flatnonzero(real > 0)
-    while True:
-        order = nonempty[rng.permutation(len(nonempty))]
+class _StepLosses(Callback):
+    """The objective of every step (``LMResult.train_loss``)."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.steps = 0
+
+    def on_after_step(self, state) -> None:
+        self.values.append(float(state.loss.detach()))
+        self.steps = state.step
+
+
+def tokens_for_steps(blocks: Any, steps: int, batch_size: int, seed: int = 0) -> int:
+    """The token budget that makes :func:`train_lm` take exactly ``steps`` steps: the real
+    tokens of the first ``steps`` batches of the loop's seeded order (each pass a fresh
+    permutation of the blocks, ``numpy.random.default_rng([seed, pass])``)."""
+    real = np.asarray(blocks.attention_mask).sum(1).astype(np.int64)
+    if int(steps) != steps or steps < 1:
+        raise PrunusError(f"steps must be a positive integer (got {steps!r}).")
+    if real.sum() == 0:
+        raise PrunusError("the blocks hold no tokens.")
+    total, taken, epoch = 0, 0, 0
+    while taken < steps:
+        order = np.random.default_rng([seed, epoch]).permutation(len(real))
         for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            if left is not None:
-                sizes = np.cumsum(real[rows])
-                if sizes[-1] >= left:
-                    last = int(np.searchsorted(sizes, left))  # first block reaching the budget
-                    rows = rows[: last + 1]
-                    before = int(sizes[last - 1]) if last > 0 else 0
-                    cut = left - before
-                    plan.append((rows, None if cut == real[rows[-1]] else cut))
-                    return plan
-                left -= int(sizes[-1])
-            plan.append((rows, None))
-        passes += 1
-        if epochs is not None and passes >= epochs:
-            return plan
+            if taken == steps:
+                break
+            total += int(real[order[start:start + batch_size]].sum())
+            taken += 1
+        epoch += 1
+    return total
+
+
+def _rows_for(real: np.ndarray, tokens: int) -> dict[str, int]:
+    """A row budget that surely holds ``tokens`` training tokens in any block order (the
+    loop stops at exactly ``tokens``): full blocks for the budget plus every shorter block."""
+    longest = int(real.max())
+    short = int((real < longest).sum())
+    return {"examples": min(math.ceil(tokens / longest) + short, 10**12)}
 
 
 def _token_weights(token_weights: Any, blocks: Any) -> np.ndarray | None:
@@ -500,32 +443,3 @@ def _token_weights(token_weights: Any, blocks: Any) -> np.ndarray | None:
     return weights.astype(np.float32)
 
 
-def _adamw(model: nn.Module, lr: float, weight_decay: float, betas) -> torch.optim.Optimizer:
-    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 and id(p) not in embedding else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas))
-
-
-def _scheduler(optimizer, schedule: str, lr: float, warmup: float, total_steps: int):
-    if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=max(total_steps, 2), pct_start=max(warmup, 1e-3),
-            anneal_strategy="cos", cycle_momentum=False,
-        )
-    warm = math.ceil(warmup * total_steps) if schedule == "cosine" else 0
-
-    def factor(step: int) -> float:
-        if schedule == "constant":
-            return 1.0
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total_steps - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

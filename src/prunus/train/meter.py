@@ -16,27 +16,11 @@ PHASES = ("train", "eval", "scoring", "selection")
 
 
 @dataclass
-class ComputeMeter:
-    """Counts what a run spends.
-
-    FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, measured once per example
-    shape (forward and backward apart, and per module) and scaled by the number of examples.
-    The *theoretical* cost of a sparse model is per layer: weight-sparsity callbacks set
-    ``layer_density`` (module name -> kept fraction of its weight), and each such module's
-    FLOPs count times its density while every other module counts in full (a conv at 96.6%
-    sparsity contributes 3.4% of its dense FLOPs). ``density`` is the overall kept fraction of
-    the prunable weights (reported; it scales the FLOPs uniformly only when ``layer_density``
-    is empty, for callers that set nothing else).
-    """
+class PhaseClock:
+    """Wall seconds by phase (train, eval, scoring, selection), nested blocks never counted
+    twice; the base of every meter."""
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    examples_forwarded: int = 0
-    examples_backpropagated: int = 0
-    flops: float = 0.0
-    density: float = 1.0
-    layer_density: dict[str, float] = field(default_factory=dict)
-    _per_example: dict[tuple, tuple[float, float]] = field(default_factory=dict, repr=False)
-    _per_module: dict[tuple, tuple[dict, dict]] = field(default_factory=dict, repr=False)
     _running: list[list] = field(default_factory=list, repr=False)  # [phase, since] stack
 
     @contextmanager
@@ -44,7 +28,7 @@ class ComputeMeter:
         """Add the wall time of the ``with`` block to ``phase``.
 
         Blocks nest: an inner phase (e.g. an evaluation inside the training loop) pauses the
-        outer one, so no second is counted twice. ``snapshot`` includes the running block.
+        outer one, so no second is counted twice. ``running_seconds`` includes the open block.
         """
         now = time.perf_counter()
         if self._running:  # pause the enclosing phase
@@ -59,6 +43,41 @@ class ComputeMeter:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + end - start
             if self._running:  # resume the enclosing phase
                 self._running[-1][1] = end
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds.values()))
+
+    def running_seconds(self) -> dict[str, float]:
+        """Seconds by phase, the running phase included up to now."""
+        seconds = dict(self.seconds)
+        if self._running:
+            phase, since = self._running[-1]
+            seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - since
+        return seconds
+
+
+@dataclass
+class ComputeMeter(PhaseClock):
+    """Counts what a run spends.
+
+    FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, measured once per example
+    shape (forward and backward apart, and per module) and scaled by the number of examples.
+    The *theoretical* cost of a sparse model is per layer: weight-sparsity callbacks set
+    ``layer_density`` (module name -> kept fraction of its weight), and each such module's
+    FLOPs count times its density while every other module counts in full (a conv at 96.6%
+    sparsity contributes 3.4% of its dense FLOPs). ``density`` is the overall kept fraction of
+    the prunable weights (reported; it scales the FLOPs uniformly only when ``layer_density``
+    is empty, for callers that set nothing else).
+    """
+
+    examples_forwarded: int = 0
+    examples_backpropagated: int = 0
+    flops: float = 0.0
+    density: float = 1.0
+    layer_density: dict[str, float] = field(default_factory=dict)
+    _per_example: dict[tuple, tuple[float, float]] = field(default_factory=dict, repr=False)
+    _per_module: dict[tuple, tuple[dict, dict]] = field(default_factory=dict, repr=False)
 
     def charge(self, phase: str, seconds: float, flops: float = 0.0) -> None:
         """Charge work done elsewhere (e.g. a share of a cached score table's cost)."""
@@ -101,17 +120,10 @@ class ComputeMeter:
             self._per_module[key] = (fwd_by, bwd_by)
         return key
 
-    @property
-    def total_seconds(self) -> float:
-        return sum(self.seconds.values())
-
     def snapshot(self) -> dict[str, float]:
         """Cumulative counters as a flat dict (for per-epoch rows), the running phase included
         up to now (so a mid-epoch row has the training time spent so far)."""
-        seconds = dict(self.seconds)
-        if self._running:
-            phase, since = self._running[-1]
-            seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - since
+        seconds = self.running_seconds()
         row = {f"{phase}_seconds": s for phase, s in seconds.items()}
         row.update(
             total_seconds=sum(seconds.values()),

@@ -199,7 +199,8 @@ class Trainer:
                     self._step(state, forward, fire, amp)
                     if state.stop:
                         break
-            if not cfg.eval_every_examples or epoch == cfg.epochs - 1 or state.stop:
+            each_epoch = cfg.eval_each_epoch and not cfg.eval_every_examples
+            if each_epoch or epoch == cfg.epochs - 1 or state.stop:
                 self._evaluate(state, fire, end_of_epoch=True)
             fire(Event.EPOCH_END, state)
             if state.stop:

@@ -539,8 +539,10 @@ def _pair_batch_loss(model, pairs, rows, scale, encode, reduction):
 def _train_pairs(model, pairs, ids, *, examples, steps, settings, scale) -> dict[str, Any]:
     """AdamW on the trainable parameters over the chosen pair rows (seeded order, a fresh
     permutation each pass) for exactly ``examples`` pairs or ``steps`` steps."""
+    from prunus.config import TrainConfig
     from prunus.negatives.train import encode_for_training
-    from prunus.text.train import _adamw, _scheduler
+    from prunus.text.task import CausalLM
+    from prunus.train.trainer import build_optimizer, build_scheduler
 
     batch_size, seed = settings["batch_size"], settings["seed"]
     rng = np.random.default_rng(seed)
@@ -556,9 +558,12 @@ def _train_pairs(model, pairs, ids, *, examples, steps, settings, scale) -> dict
             plan.append(batch)
             if (left is not None and left <= 0) or (steps is not None and len(plan) >= steps):
                 break
-    optimizer = _adamw(model, settings["lr"], settings["weight_decay"], (0.9, 0.95))
-    scheduler = _scheduler(optimizer, settings["schedule"], settings["lr"], settings["warmup"],
-                           len(plan))
+    config = TrainConfig(optimizer="adamw", lr=settings["lr"], betas=[0.9, 0.95],
+                         weight_decay=settings["weight_decay"], schedule=settings["schedule"],
+                         warmup=settings["warmup"])
+    # the LM task's parameter groups: no decay on biases, norms and embeddings
+    optimizer = build_optimizer(model, config, CausalLM())
+    scheduler = build_scheduler(optimizer, config, len(plan))
     losses, texts = [], 0
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -828,14 +833,11 @@ def _rows_of(data: Any, ids: np.ndarray):
 def _tokens_for_steps(blocks: Any, steps: int, batch_size: int, seed: int) -> int:
     """The token budget that makes :func:`~prunus.text.train.train_lm` take exactly ``steps``
     steps: the real tokens of the first ``steps`` batches of its seeded plan."""
-    from prunus.text.train import _plan
+    from prunus.text.train import tokens_for_steps
 
-    real = np.asarray(blocks.attention_mask).sum(1).astype(np.int64)
-    per_pass = math.ceil(int((real > 0).sum()) / batch_size)
-    if per_pass == 0:
+    if int(np.asarray(blocks.attention_mask).sum()) == 0:
         raise PrunusError("the recovery set holds no tokens.")
-    plan = _plan(real, batch_size, seed, tokens=None, epochs=math.ceil(steps / per_pass))
-    return int(sum(real[rows].sum() for rows, _ in plan[:steps]))
+    return tokens_for_steps(blocks, steps, batch_size, seed)
 
 
 class _nothing:
