@@ -11,7 +11,8 @@
 3. llm-compressor (``--part llmcompressor``): its ``WandaPruningModifier`` and
    ``SparseGPTModifier`` on the same causal LM, calibration tokens and sparsity, side by side
    with prunus (perplexity and pruning seconds); skipped with a message when llmcompressor is
-   not importable.
+   not importable. llmcompressor pins an older transformers than prunus's environment, so run
+   this part from a separate environment that has both installed.
 
 Every arm but magnitude (which reads no data) runs once per calibration seed (``--seeds``);
 cells are mean ± std over seeds. Pruning seconds are wall time of ``oneshot`` (statistics,
@@ -38,7 +39,7 @@ ARMS = (("random", "uniform"), ("magnitude", "uniform"), ("wanda", "uniform"),
 SETTINGS = (("0.5", 0.5, "unstructured"), ("2:4", None, "2:4"), ("4:8", None, "4:8"),
             ("0.6", 0.6, "unstructured"), ("0.7", 0.7, "unstructured"))
 QUICK_SETTINGS = ("0.5", "2:4", "4:8", "0.7")
-LM_RECIPE = 1
+LM_RECIPE = 2
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--eval-queries", type=int, default=120)
     parser.add_argument("--eval-corpus", type=int, default=300)
     parser.add_argument("--max-seq-length", type=int, default=64)
-    parser.add_argument("--lm-tokens", type=int, default=200_000, help="training tokens of the cached gpt_small")
+    parser.add_argument("--lm-tokens", type=int, default=400_000, help="training tokens of the cached gpt_small")
     parser.add_argument("--lm-context", type=int, default=128)
     parser.add_argument("--eval-blocks", type=int, default=64, help="held-out sequences for perplexity")
     args = parser.parse_args()
@@ -61,6 +62,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-file weight loading/writing bars
+    except ImportError:
+        pass
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, seeds {args.seeds}, "
           f"calibration samples {args.samples}")
     started = time.perf_counter()
@@ -194,7 +201,7 @@ def lm_setup(args):
         blocks = pack_blocks(corpus["train"], tokenizer, args.lm_context, drop_last=True)
         model = build_lm("gpt_small", vocab_size=len(tokenizer), context_length=args.lm_context, seed=0)
         t = time.perf_counter()
-        train_lm(model, blocks, tokens=args.lm_tokens, batch_size=16, lr=3e-3, seed=0, eval_at_start=False)
+        train_lm(model, blocks, tokens=args.lm_tokens, batch_size=8, lr=3e-3, seed=0, eval_at_start=False)
         print(f"\ncausal LM: gpt_small trained on {args.lm_tokens:,} stdlib tokens in "
               f"{time.perf_counter() - t:.0f}s (cached for next time)")
         tmp = path.with_name(path.name + f".tmp-{digest}")
@@ -240,15 +247,18 @@ def causal_lm(args) -> None:
 
 def llmcompressor(args) -> None:
     try:
-        import llmcompressor as lc  # noqa: F401
         from llmcompressor import oneshot as lc_oneshot
         from llmcompressor.modifiers.pruning import WandaPruningModifier
         from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
     except ImportError as exc:
         print(f"\nllm-compressor part skipped: llmcompressor is not importable here ({exc}). "
-              "It pins an older transformers than this environment's, so install it in a separate "
+              "It pins an older transformers than prunus's environment, so install it in a separate "
               "environment (pip install llmcompressor) and run --part llmcompressor there.")
         return
+    import contextlib
+    import io
+    import tempfile
+
     import torch
     from datasets import Dataset
 
@@ -256,38 +266,71 @@ def llmcompressor(args) -> None:
     from prunus.weights import oneshot
     from prunus.weights.calibration import stdlib_calibration
 
-    dense, tokenizer, corpus, held = lm_setup(args)
+    gpt, tokenizer, corpus, held = lm_setup(args)
+    # llm-compressor prunes nn.Linear only: both tools get the same model with GPT-2's Conv1D
+    # layers turned into the equivalent nn.Linear (same function, weights transposed)
+    dense = as_linear(gpt)
     base = evaluate_lm(dense, held)[0]
+    assert abs(base - evaluate_lm(gpt, held)[0]) < 1e-3 * base
+    config_dir = tempfile.mkdtemp()
+    dense.config.save_pretrained(config_dir)
+    tokenizer.save_pretrained(config_dir)
+    dense.config._name_or_path = config_dir  # llm-compressor re-reads the config from there
+    print(f"\nllm-compressor side by side: gpt_small (Conv1D as Linear), dense perplexity {base:.2f}; "
+          "seconds are each tool's whole one-shot call (llm-compressor's includes its data pipeline)")
     rows = [["dense", "-", f"{base:.2f}", "-", f"{base:.2f}", "-", "-"]]
     lc_settings = [s for s in settings(args) if s[0] in ("0.5", "2:4", "0.7")]
+    calibrations = {s: stdlib_calibration(tokenizer, samples=args.samples, context_length=args.lm_context,
+                                          seed=s, corpus=corpus) for s in args.seeds}
     for label, sparsity, pattern in lc_settings:
         for method in ("wanda", "sparsegpt"):
             ours, theirs, our_s, their_s = [], [], [], []
             for seed in args.seeds:
-                batches = stdlib_calibration(tokenizer, samples=args.samples, context_length=args.lm_context,
-                                             seed=seed, corpus=corpus)
+                batches = calibrations[seed]
                 ids = torch.cat(batches)
                 model = copy.deepcopy(dense)
                 result = oneshot(model, batches, sparsity, method, pattern)
                 ours.append(evaluate_lm(model, held)[0])
                 our_s.append(result.seconds)
                 model = copy.deepcopy(dense)
-                data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
-                level = 0.5 if sparsity is None else sparsity
-                mask = "0:0" if pattern == "unstructured" else pattern
+                data = Dataset.from_dict({"input_ids": ids.tolist(),
+                                          "attention_mask": torch.ones_like(ids).tolist()})
                 cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
-                kwargs = {"sparsity": level, "mask_structure": mask, "targets": ["re:.*h\\.\\d+\\..*"]}
-                modifier = cls(**kwargs)
+                modifier = cls(sparsity=0.5 if sparsity is None else sparsity,
+                               mask_structure="0:0" if pattern == "unstructured" else pattern,
+                               targets=["Linear"], ignore=["re:.*lm_head"])
                 t = time.perf_counter()
-                lc_oneshot(model=model, dataset=data, recipe=[modifier], num_calibration_samples=len(ids),
-                           max_seq_length=args.lm_context)
+                with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+                    lc_oneshot(model=model, tokenizer=tokenizer, dataset=data, recipe=[modifier],
+                               num_calibration_samples=len(ids), max_seq_length=args.lm_context,
+                               batch_size=batches[0].shape[0], pipeline="sequential",
+                               sequential_targets=["GPT2Block"])
                 their_s.append(time.perf_counter() - t)
                 theirs.append(evaluate_lm(model, held)[0])
             rows.append([label, method, cell(ours, 2), f"{statistics.mean(our_s):.1f}", cell(theirs, 2),
                          f"{statistics.mean(their_s):.1f}",
                          f"{statistics.mean(their_s) / statistics.mean(our_s):.2f}x"])
+            print(f"  {label:4} {method:10} prunus {rows[-1][2]}  llm-compressor {rows[-1][4]}", flush=True)
     print_table("prunus vs llm-compressor on gpt_small (perplexity; speed = their seconds / ours)",
-                ["sparsity", "method", "prunus ppl", "prunus s", "llmcompressor ppl", "llmc s", "speed"], rows)
+                ["sparsity", "method", "prunus ppl", "prunus s", "llm-compressor ppl", "llmc s", "speed"], rows)
+
+
+def as_linear(model):
+    """A copy of a GPT-2 model whose ``Conv1D`` layers are ``nn.Linear`` (weights transposed)."""
+    import torch
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Conv1D):
+                linear = nn.Linear(child.weight.shape[0], child.nf)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    linear.bias.copy_(child.bias)
+                setattr(module, name, linear)
+    return model.eval()
 
 
 if __name__ == "__main__":

@@ -154,6 +154,27 @@ def test_sequential_capture_equals_a_plain_forward_for_the_first_block(kind):
         torch.testing.assert_close(torch.diagonal(gram).double(), norms[lay.name], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_reported_error_of_a_first_layer_equals_the_gram_formula(method):
+    model = tiny("llama")
+    dense = copy.deepcopy(model)
+    batches = calibration("llama")
+    result = oneshot(model, batches, method=method)
+    name = "model.layers.0.self_attn.q_proj"
+    inputs = []
+    handle = dict(dense.named_modules())[name].register_forward_hook(
+        lambda m, i, o: inputs.append(i[0].reshape(-1, i[0].shape[-1])))
+    with torch.no_grad():
+        for b in batches:
+            dense(b, use_cache=False)
+    handle.remove()
+    x = torch.cat(inputs).double()
+    row = next(r for r in result.layers if r.name == f"{name}.weight")
+    expected = reconstruction_error(matrix_of(dense, name), matrix_of(model, name), x.t() @ x)
+    assert row.error == pytest.approx(expected, rel=1e-4)
+    assert all(0 < r.error < 1 for r in result.layers)
+
+
 # --------------------------------------------------------------------------- SparseGPT
 
 

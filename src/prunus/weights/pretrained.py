@@ -7,11 +7,13 @@ inputs on the calibration batches (hidden states plus every other argument the m
 attention masks, position ids, rotary position embeddings), then for each block
 
 1. runs the block with a forward hook on every ``nn.Linear`` (and GPT-2's ``Conv1D``, whose
-   weight is stored transposed) that accumulates ``S = Σ x xᵀ`` over every real calibration
-   token (padding excluded),
+   weight is stored transposed) that accumulates ``S = Σ x xᵀ`` (SparseGPT) or its diagonal
+   ``‖X_j‖²`` (the others) over every real calibration token (padding excluded),
 2. prunes every such layer from its statistics (all layers of a block see the dense block's
    inputs),
-3. re-runs the pruned block to produce the next block's inputs.
+3. re-runs the pruned block to produce the next block's inputs, measuring each layer's
+   reconstruction error ``‖WX − ŴX‖_F / ‖WX‖_F`` on the inputs it receives there (for the
+   block's first layers, exactly the calibration inputs it was pruned on).
 
 So the memory held is one block's activations on the calibration set, not the model's, and
 block ``l`` is calibrated on the outputs of the already pruned blocks ``< l``.
@@ -62,7 +64,9 @@ BLOCK_PATHS = ("transformer.h", "model.layers", "encoder.layer", "model.decoder.
 @dataclass
 class LayerResult:
     """One pruned matrix: its weight name, block index, shape, achieved sparsity, relative
-    reconstruction error ``‖WX − ŴX‖_F / ‖WX‖_F`` on the calibration inputs, and seconds."""
+    reconstruction error ``‖WX − ŴX‖_F / ‖WX‖_F`` on the calibration inputs ``X`` it receives
+    when the pruned block is re-run, and the seconds spent choosing its mask (and, for
+    SparseGPT, its new weights)."""
 
     name: str
     block: int
@@ -219,18 +223,25 @@ def oneshot(
         states = capture_inputs(model, block_modules[0], batches)
         result.samples = sum(s.hidden.shape[0] for s in states)
         result.tokens = sum(s.tokens for s in states)
+        full = method == "sparsegpt"  # the others read only the diagonal ‖X_j‖²
         for index, (block, group) in enumerate(zip(block_modules, layers)):
-            grams = layer_statistics(block, group, states)
+            stats = layer_statistics(block, group, states, full=full)
+            dense, rows = {}, []
             for layer in group:
-                row = prune_layer(layer, grams[layer.name], sparsities[index], method, nm, scope,
+                weight = layer.matrix()
+                row = prune_layer(layer, stats[layer.name], sparsities[index], method, nm, scope,
                                   dampening, block_size, generator, fixed, index)
                 if row is None:
                     result.skipped.append(layer.weight_name)
                 else:
-                    result.layers.append(row)
-            del grams
-            if index + 1 < len(block_modules):
-                states = propagate(block, states)
+                    dense[layer.name] = weight
+                    rows.append(row)
+            del stats
+            errors = {}
+            states = propagate(block, states, group, dense, errors)
+            for row in rows:
+                row.error = errors[row.name.removesuffix(".weight")]
+            result.layers.extend(rows)
             step(f"pruned {block_names[index]}")
     if result.skipped:
         warnings.warn(f"{len(result.skipped)} layers stay dense: their input size is not a "
@@ -507,49 +518,85 @@ def _is_cache(value: Any) -> bool:
     return type(value).__name__.endswith("Cache")
 
 
-def layer_statistics(block: nn.Module, layers: list[Layer], states: list[BlockInput]
-                     ) -> dict[str, tuple[torch.Tensor, int]]:
-    """``S = Σ x xᵀ`` (float32) and the token count ``n`` of every layer's inputs over all
-    calibration batches, from one forward of the block per batch (padding excluded)."""
-    grams: dict[str, list] = {}
+def layer_statistics(block: nn.Module, layers: list[Layer], states: list[BlockInput],
+                     full: bool = True) -> dict[str, tuple[torch.Tensor, int]]:
+    """Input statistics of every layer over all calibration batches, from one forward of the
+    block per batch (padding excluded): ``(S, n)`` with ``S = Σ x xᵀ`` (``full``, float32) or
+    its diagonal ``Σ x²`` per input feature, and ``n`` the token count."""
+    stats: dict[str, list] = {}
     current: dict[str, torch.Tensor | None] = {}
+
+    def accumulate(name: str, x: torch.Tensor) -> None:
+        size = (x.shape[1],) * (2 if full else 1)
+        entry = stats.setdefault(name, [torch.zeros(size, device=x.device), 0])
+        if full:
+            entry[0].addmm_(x.t(), x)
+        else:
+            entry[0] += (x * x).sum(0)
+        entry[1] += x.shape[0]
+
+    _run_hooked(block, layers, states, current, lambda layer, x: accumulate(layer.name, x))
+    missing = [lay.name for lay in layers if lay.name not in stats]
+    if missing:
+        raise PrunusError(f"layer {missing[0]!r} was never called by its block's forward; "
+                          "exclude it (exclude=) or pass other blocks.")
+    return {name: (value, n) for name, (value, n) in stats.items()}
+
+
+def _run_hooked(block: nn.Module, layers: list[Layer], states: list[BlockInput], current: dict,
+                use: Callable[[Layer, torch.Tensor], None]) -> list[torch.Tensor]:
+    """Run the block on every batch with ``use(layer, x)`` called on each layer's real-token
+    inputs ``x`` (tokens, in) in float32; returns the block's outputs."""
     handles = []
 
-    def make_hook(name: str):
+    def make_hook(layer: Layer):
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
             x = inputs[0]
             mask = current.get("mask")
             if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
                 x = x[mask]
-            x = x.reshape(-1, x.shape[-1]).float()
-            entry = grams.setdefault(name, [torch.zeros(x.shape[1], x.shape[1], device=x.device), 0])
-            entry[0].addmm_(x.t(), x)
-            entry[1] += x.shape[0]
+            use(layer, x.reshape(-1, x.shape[-1]).float())
         return hook
 
     for layer in layers:
-        handles.append(layer.module.register_forward_hook(make_hook(layer.name)))
+        handles.append(layer.module.register_forward_hook(make_hook(layer)))
+    outputs = []
     try:
         for state in states:
             current["mask"] = state.token_mask
-            state.call(block)
+            outputs.append(state.call(block))
     finally:
         for handle in handles:
             handle.remove()
-    missing = [lay.name for lay in layers if lay.name not in grams]
-    if missing:
-        raise PrunusError(f"layer {missing[0]!r} was never called by its block's forward; "
-                          "exclude it (exclude=) or pass other blocks.")
-    return {name: (s, n) for name, (s, n) in grams.items()}
+    return outputs
 
 
-def propagate(block: nn.Module, states: list[BlockInput]) -> list[BlockInput]:
-    """The next block's inputs: this (pruned) block's outputs, with the same other arguments."""
-    out = []
-    for state in states:
-        hidden = state.call(block)
-        out.append(BlockInput(hidden, state.args, state.kwargs, state.by_keyword, state.token_mask))
-    return out
+def propagate(block: nn.Module, states: list[BlockInput], layers: Sequence[Layer] = (),
+              dense: Mapping[str, torch.Tensor] | None = None,
+              errors: dict[str, float] | None = None) -> list[BlockInput]:
+    """The next block's inputs: this (pruned) block's outputs, with the same other arguments.
+
+    With ``dense`` weights (``(out, in)`` by layer name), also fills ``errors`` with each
+    layer's relative reconstruction error ``‖WX − ŴX‖_F / ‖WX‖_F`` over the inputs ``X`` it
+    receives in this pass (the block's first layers see exactly their calibration inputs)."""
+    sums: dict[str, list[float]] = {}
+    current: dict[str, Any] = {}
+    measured = [lay for lay in layers if dense is not None and lay.name in dense]
+
+    def measure(layer: Layer, x: torch.Tensor) -> None:
+        weight = dense[layer.name]
+        delta = x @ (weight - layer.matrix()).t()
+        full = x @ weight.t()
+        entry = sums.setdefault(layer.name, [0.0, 0.0])
+        entry[0] += float(delta.double().square().sum())
+        entry[1] += float(full.double().square().sum())
+
+    outputs = _run_hooked(block, measured, states, current, measure)
+    if errors is not None:
+        for name, (num, den) in sums.items():
+            errors[name] = math.sqrt(num / den) if den > 0 else 0.0
+    return [BlockInput(hidden, s.args, s.kwargs, s.by_keyword, s.token_mask)
+            for hidden, s in zip(outputs, states)]
 
 
 # --------------------------------------------------------------------------- pruning one layer
@@ -565,15 +612,15 @@ def prune_layer(layer: Layer, gram: tuple[torch.Tensor, int], sparsity: float, m
     weight = layer.matrix()
     if nm is not None and weight.shape[1] % nm[1]:
         return None
-    s, n = gram
+    stat, n = gram
     if fixed is not None:
         keep, new = fixed[layer.name], weight * fixed[layer.name]
     elif method == "sparsegpt":
-        new, keep = sparsegpt_prune(weight, 2.0 * s / max(n, 1), sparsity, nm=nm,
+        new, keep = sparsegpt_prune(weight, 2.0 * stat / max(n, 1), sparsity, nm=nm,
                                     block_size=block_size, dampening=dampening, name=layer.name)
     else:
         if method == "wanda":
-            scores = wanda_scores(weight, torch.diagonal(s))
+            scores = wanda_scores(weight, torch.diagonal(stat) if stat.dim() == 2 else stat)
         elif method == "magnitude":
             scores = weight.abs()
         else:
@@ -585,9 +632,9 @@ def prune_layer(layer: Layer, gram: tuple[torch.Tensor, int], sparsity: float, m
         target.copy_(layer.to_layout(new).to(target.dtype))
     _attach(layer, layer.to_layout(keep))
     seconds = time.perf_counter() - started
+    # the error is measured when the pruned block is re-run (see propagate)
     return LayerResult(layer.weight_name, block, tuple(layer.module.weight.shape),
-                       float((~keep).sum()) / keep.numel(), reconstruction_error(weight, new, s),
-                       seconds)
+                       float((~keep).sum()) / keep.numel(), math.nan, seconds)
 
 
 def _original(module: nn.Module) -> torch.Tensor:
@@ -772,8 +819,8 @@ def owl_outlier_ratios(model: nn.Module, batches: list[Any], blocks: list[nn.Mod
     states = capture_inputs(model, blocks[0], batches)
     ratios = []
     for index, (block, group) in enumerate(zip(blocks, layers)):
-        grams = layer_statistics(block, group, states)
-        scores = torch.cat([wanda_scores(lay.matrix(), torch.diagonal(grams[lay.name][0])).reshape(-1)
+        grams = layer_statistics(block, group, states, full=False)
+        scores = torch.cat([wanda_scores(lay.matrix(), grams[lay.name][0]).reshape(-1)
                             for lay in group])
         ratios.append(float((scores > threshold * scores.mean()).double().mean()))
         del grams
