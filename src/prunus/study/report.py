@@ -424,29 +424,14 @@ def comparison_cells(c: Comparison | None, metric: str = "accuracy") -> list[str
             text(interval(c.difference, metric=metric)), text(word)]
 
 
-LM_COLUMNS = [("general perplexity", True), ("selected tokens", False),
-              ("tokens with gradient", False)]
+LM_COLUMNS = [("general perplexity", "general perplexity", True),
+              ("selected tokens", "selected tokens", False),
+              ("tokens with gradient", "tokens with gradient", False)]
 
 
 def lm_table(arms: list[ArmSummary]) -> str:
     """General held-out perplexity beside the target's, and what each arm trained on."""
-    head = ["policy", "seeds"]
-    for label, with_ci in LM_COLUMNS:
-        head += [label, "95% CI"] if with_ci else [label]
-    body = []
-    for s in arms:
-        cells = [text(s.policy), num(len(s.seeds), str(len(s.seeds)))]
-        for name, with_ci in LM_COLUMNS:
-            e = s.extra.get(name)
-            if e is None:
-                cells += [num(None, ""), text("")] if with_ci else [num(None, "")]
-            elif with_ci:
-                cells += [num(e.mean, f"{e.mean:.1f}"),
-                          text(interval(e, pct_bounds=True, metric=name))]
-            else:
-                cells.append(num(e.mean, f"{e.mean:,.0f}"))
-        body.append(cells)
-    return table(head, body) + (
+    return extra_table(arms, LM_COLUMNS, ",.0f") + (
         "<p>Every arm trains the same model for the same number of tokens; a selection "
         "holds about its keep share of the pool's tokens and is revisited as the budget needs. "
         "<em>General perplexity</em> is on the pool's held-out modules: what a targeted "
@@ -465,27 +450,35 @@ RETRIEVAL_COLUMNS = [
 
 def retrieval_table(arms: list[ArmSummary]) -> str:
     """Every retrieval metric (mean and 95% CI over seeds) and the negatives statistics."""
-    head = ["policy", "seeds"]
-    for _, label, with_ci in RETRIEVAL_COLUMNS:
-        head += [label, "95% CI"] if with_ci else [label]
-    body = []
-    for s in arms:
-        cells = [text(s.policy), num(len(s.seeds), str(len(s.seeds)))]
-        for name, _, with_ci in RETRIEVAL_COLUMNS:
-            e = s.extra.get(name)
-            if e is None:
-                cells += [num(None, ""), text("")] if with_ci else [num(None, "")]
-            elif with_ci:
-                cells += [num(e.mean, pct(e.mean)), text(ci_pct(e))]
-            else:
-                cells.append(num(e.mean, f"{e.mean:,.2f}"))
-        body.append(cells)
-    return table(head, body) + (
+    return extra_table(arms, RETRIEVAL_COLUMNS, ",.2f") + (
         "<p>Metrics on the test queries, with every known duplicate of a positive counted as "
         "relevant. Negatives statistics are per training set, averaged over seeds: "
         "<em>guide flagged</em> mined negatives the pre-trained guide scores above the "
         "query's positive, <em>of which true duplicates</em> those that are known duplicates "
         "of the positive, <em>dropped</em> negatives removed before training.</p>")
+
+
+def extra_table(arms: list[ArmSummary], columns: list[tuple[str, str, bool]],
+                count_spec: str) -> str:
+    """One row per arm of the runs' other metrics (``ArmSummary.extra``): ``(name, label,
+    with an interval)`` columns, each with its 95% CI, counts formatted with ``count_spec``."""
+    head = ["policy", "seeds"]
+    for _, label, with_ci in columns:
+        head += [label, "95% CI"] if with_ci else [label]
+    body = []
+    for s in arms:
+        cells = [text(s.policy), num(len(s.seeds), str(len(s.seeds)))]
+        for name, _, with_ci in columns:
+            e = s.extra.get(name)
+            if e is None:
+                cells += [num(None, ""), text("")] if with_ci else [num(None, "")]
+            elif with_ci:
+                cells += [num(e.mean, pct(e.mean, name)),
+                          text(interval(e, pct_bounds=True, metric=name))]
+            else:
+                cells.append(num(e.mean, format(e.mean, count_spec)))
+        body.append(cells)
+    return table(head, body)
 
 
 def target_table(arms: list[ArmSummary]) -> str:
@@ -595,21 +588,11 @@ def num(value: Any, shown: str) -> str:
     return f"<td class=n data-sort=\"{key}\">{html.escape(shown)}</td>"
 
 
-def estimate_cells(e: Estimate | None) -> list[str]:
-    if e is None:
-        return [text(""), text("")]
-    return [num(e.mean, pp(e.mean)), text(interval(e))]
-
-
 def ratio_cell(e: Estimate, suffix: str = "", bare: bool = False) -> str:
     if math.isnan(e.mean):
         return num(None, "")
     shown = (f"{e.mean:.2f}×" if bare else ratio_text(e)) + suffix
     return num(e.mean, shown)
-
-
-def ci_pct(e: Estimate) -> str:
-    return interval(e, pct_bounds=True)
 
 
 def ci_plain(e: Estimate, scale: float, spec: str = ".1f") -> str:
