@@ -103,7 +103,7 @@ def train(
     subset: Path | None = typer.Option(None, help="train on the ids of a selection "
                                        "(.parquet written by 'prunus select --out')"),
     noise: float = typer.Option(0.0, help="label-noise rate"),
-    noise_kind: str = typer.Option("symmetric", help="symmetric or pairs (c -> c+1 mod C)"),
+    noise_kind: str = typer.Option("symmetric", help="symmetric, pairs or instance"),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
 ) -> None:

@@ -79,7 +79,7 @@ class DatasetConfig(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict)
     noise: float = Field(0.0, ge=0, lt=1)
     noise_seed: int = Field(0, ge=0)
-    noise_kind: Literal["symmetric", "pairs"] = "symmetric"
+    noise_kind: Literal["symmetric", "pairs", "instance"] = "symmetric"
     label: str | None = None
 
     @model_validator(mode="after")
@@ -164,7 +164,10 @@ class PolicyConfig(StrictModel):
     ``negatives``.
 
     Static: ``score`` method, ``select`` policy (hardest, easiest, band, ccs…), ``stratify``,
-    ``select_options`` (e.g. CCS's ``beta``), ``proxy`` (how scores are computed).
+    ``select_options`` (e.g. CCS's ``beta``), ``proxy`` (how scores are computed). With
+    ``score = "label_issue"``, ``select`` may also be ``remove_issues`` (train without the
+    flagged examples; the grid adds the same number removed at random) or ``relabel_issues``
+    (flagged examples relabelled to their suggested label); these take no ``keep``.
     Online: ``online`` method and its ``options``. Weights: ``weights`` method and its
     ``options``. Negatives: a negatives policy and its ``options`` (over the study's
     ``[negatives]`` settings). ``keep`` / ``sparsity`` default to the study's lists; ``train``
@@ -206,8 +209,20 @@ class PolicyConfig(StrictModel):
             raise ValueError("keep applies to data policies; a weight policy takes sparsity")
         if self.kind in ("static", "online") and self.sparsity is not None:
             raise ValueError("sparsity applies to weight policies; a data policy takes keep")
+        if self.kind == "static" and self.select in LABEL_SELECTS:
+            if self.score != LABEL_SCORE:
+                raise ValueError(f"select {self.select!r} needs score = {LABEL_SCORE!r}, whose "
+                                 f"table flags the issues (got score {self.score!r})")
+            if self.keep is not None:
+                raise ValueError(f"keep does not apply to select {self.select!r}: the flagged "
+                                 "examples decide what is removed or relabelled")
         check_train_overrides(self.train)
         return self
+
+    @property
+    def label_arm(self) -> bool:
+        """Whether this is a label-issue arm (``remove_issues`` / ``relabel_issues``)."""
+        return self.kind == "static" and self.select in LABEL_SELECTS
 
     @property
     def kind(self) -> Literal["static", "online", "weights", "negatives", "lm"]:
@@ -227,12 +242,16 @@ class PolicyConfig(StrictModel):
     def display(self) -> str:
         if self.label:
             return self.label
+        if self.label_arm:
+            return display_name(self.select)
         if self.kind == "static":
             return f"{display_name(self.method)}-{display_name(self.select)}"
         return display_name(self.method)
 
 
 KINDS = ("score", "online", "weights", "negatives", "lm")
+LABEL_SCORE = "label_issue"  # the score method whose table has is_issue and suggested_label
+LABEL_SELECTS = ("remove_issues", "relabel_issues")
 
 
 class ExecutionConfig(StrictModel):
@@ -364,7 +383,9 @@ class StudyConfig(StrictModel):
         return self
 
     def keeps_of(self, policy: PolicyConfig) -> list[float]:
-        """The keep fractions a data policy runs at."""
+        """The keep fractions a data policy runs at (none for a label-issue arm)."""
+        if policy.label_arm:
+            return []
         return sorted(policy.keep) if policy.keep is not None else list(self.keep)
 
     def sparsities_of(self, policy: PolicyConfig) -> list[float]:
@@ -524,8 +545,9 @@ def check_method(policy: PolicyConfig, where: str, keeps: list[float],
         if policy.score not in methods:
             raise PolicyError(choice_sentence(f"{where}.score", policy.score, methods))
         policies = plugins.select_policies()
-        if policies is not None and policy.select not in policies:
-            raise PolicyError(choice_sentence(f"{where}.select", policy.select, policies))
+        if policies is not None and policy.select not in (*policies, *LABEL_SELECTS):
+            raise PolicyError(choice_sentence(f"{where}.select", policy.select,
+                                              [*policies, *LABEL_SELECTS]))
         unknown = plugins.unknown_score_option(policy.proxy.options)
         if unknown:
             raise PolicyError(f"{where}.proxy.options: {unknown!r} is not a setting of "
@@ -639,6 +661,8 @@ DISPLAY_NAMES = {
     "granet": "GraNet", "wanda": "Wanda", "pretrained": "pre-trained",
     "dsir": "DSIR", "color-filter": "CoLoR-Filter", "rho1": "Rho-1",
     "embedding-similarity": "embedding similarity", "quality-classifier": "quality classifier",
+    "label_issue": "label issue", "remove_issues": "label issues removed",
+    "relabel_issues": "label issues relabelled",
 }
 
 
