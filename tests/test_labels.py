@@ -475,18 +475,3 @@ def test_labels_cli_find_show_and_bad_input(tmp_path, capsys):
     assert invoke("labels", "show", str(tmp_path / "nope.parquet")) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-
-
-def test_label_issue_scores_rank_flagged_first_and_ignore_the_given_weights(blobs):
-    from prunus.data.labels import label_issue_scores
-    from prunus.models import build_model
-    from prunus.train import Trainer
-
-    noisy = add_label_noise(blobs, 0.1, seed=2, kind="pairs")
-    trained = [Trainer(build_model("mlp", (8,), 3, seed=s), noisy, epochs=e, device="cpu").fit().model
-               for s, e in ((0, 1), (1, 3))]
-    first, second = (label_issue_scores(m, noisy, folds=3, epochs=3) for m in trained)
-    np.testing.assert_array_equal(first, second)  # re-initialised: the proxy's training is unused
-    flagged = first >= 1
-    assert flagged.sum() > 0 and (first[~flagged] < 1).all()
-    assert np.isin(noisy.ids[flagged], noisy.flipped_ids).mean() > 0.5

@@ -250,6 +250,7 @@ SCORES = Registry(
         "prunus.data.scores.grand",
         "prunus.data.scores.trajectory",
         "prunus.data.scores.prototypes",
+        "prunus.data.labels",
     ),
 )
 ONLINE = Registry("online", field="online method", modules=("prunus.data.online",))

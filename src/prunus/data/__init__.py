@@ -27,6 +27,7 @@ SCORE_METHODS = (
     "dynamic_uncertainty",
     "prototypes",
     "kcenter",
+    "label_issue",
 )
 
 _LAZY = {

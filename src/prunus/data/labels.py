@@ -16,8 +16,8 @@ likely mislabeled), ``is_issue`` (0/1, at the method's own threshold) and ``sugg
   from one in-sample proxy run each seed, flagged by a two-component mixture
   (:func:`two_component_split`).
 
-:func:`label_issue_scores` is confident learning in the shape of a score method, for the study
-harness's score-policy arms.
+:func:`label_issue_scores` is confident learning registered as the score method ``label_issue``
+(``prunus score --method label_issue``, a study's ``score = "label_issue"`` policies).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 from prunus.data.table import HIGHER_IS_HARDER, ScoreTable
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError, choice_error
+from prunus.registry import SCORES
 
 PROBABILITY_METHODS = ("confident_learning", "self_confidence")
 DYNAMICS_METHODS = ("forgetting", "el2n", "loss_early", "loss_late")
@@ -687,40 +688,33 @@ def find_label_issues(
     return ScoreTable(dataset.ids.copy(), dataset.y.copy(), columns, metadata)
 
 
+@SCORES.register(
+    "label_issue", needs="proxies", options={"folds": "folds"},
+    summary="confident learning on K-fold out-of-sample probabilities (is_issue, suggested_label)",
+)
 def label_issue_scores(
     model: Any,
     dataset: Dataset,
     *,
-    batch_size: int = 1024,
-    progress: Any = None,
-    folds: int = 5,
+    seeds: Sequence[int] = (0,),
     epochs: int = 10,
-    seed: int = 0,
-) -> np.ndarray:
-    """Confident learning in the shape of an ``outputs`` score method (``fn(model, dataset, *,
-    batch_size, progress)``, for :func:`prunus.data.score` and the study harness once registered
-    in ``prunus.registry.SCORES``): ``is_issue + label_issue`` of :func:`find_label_issues` (``label_issue = 1 − p̂_y``),
-    so every flagged example (in [1, 2]) ranks above every unflagged one (in [0, 1]); higher =
-    more likely mislabeled. ``select(table, keep, "easiest")`` with ``keep = 1 − flagged share``
-    removes exactly the flagged examples; any other keep removes the most suspicious first.
+    folds: int = 5,
+    progress: ProgressCallback | None = None,
+    **train_settings: Any,
+) -> ScoreTable:
+    """Confident learning (Northcutt et al. 2021) as the score method ``label_issue``, for
+    :func:`prunus.data.score` and the study harness: exactly :func:`find_label_issues` with
+    ``method="confident_learning"`` (``folds`` K-fold proxy models per seed, ``epochs`` epochs
+    each, out-of-fold probabilities averaged over ``seeds``), so the table has ``label_issue``
+    (``1 − p̂_y``, higher = more likely mislabeled), ``is_issue`` (prune by noise rate) and
+    ``suggested_label``. Defaults: 5 folds, 10 epochs.
 
-    ``model`` (the proxy :func:`prunus.data.score` trained) only gives the architecture: it is
-    copied and re-initialised (``reset_parameters`` of every submodule, seeded), then trained
-    ``folds`` times for ``epochs`` epochs (batch 128) on the other folds, so no example is scored
-    by a model that saw it. ``batch_size`` is the prediction batch. Defaults: 5 folds, 10 epochs.
+    ``score()`` trains no proxy of its own for this method (``needs="proxies"``): ``model`` is
+    the proxy model (name or ``nn.Module``, copied per fold) and ``**train_settings`` the
+    proxies' training settings (``batch_size``, ``lr``, ``model_options``...).
     """
-    import torch
-
-    template = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for module in template.modules():
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
-    device = next(template.parameters()).device
-    table = find_label_issues(dataset, template, seeds=(seed,), folds=folds, epochs=epochs,
-                              eval_batch_size=batch_size, device=str(device))
-    return table.scores("is_issue") + table.scores("label_issue")
+    return find_label_issues(dataset, model, "confident_learning", seeds=seeds, folds=folds,
+                             epochs=epochs, progress=progress, **train_settings)
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -30,6 +30,10 @@ ProgressCallback = Callable[[int, int, str], None]
 #                 "outputs" / "gradients": fn(model, dataset, batch_size=, progress=, ...)
 #                 "embeddings": fn(points, ...) on the penultimate-layer embeddings
 #                 "trajectory": a trainer callback class, fn(...), read with ``.scores()``
+#                 "proxies": the method trains its own proxy models (label_issue: K folds), so
+#                   score() trains none: fn(model, dataset, *, seeds, epochs, progress,
+#                   model_options, **train settings) -> ScoreTable, whose columns (the main
+#                   one included) and metadata["cost"] become the table's
 #   column        the table column (default: the method's name)
 #   column_from   a score() option whose value names the column instead (uncertainty: kind)
 #   direction     HIGHER_IS_HARDER (default) or LOWER_IS_HARDER
@@ -52,7 +56,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "flops": None,
     "kwargs": {},
 }
-NEEDS = ("outputs", "gradients", "embeddings", "trajectory")
+NEEDS = ("outputs", "gradients", "embeddings", "trajectory", "proxies")
 # a column that reads the other way round whatever the method (uncertainty's top-2 margin)
 COLUMN_DIRECTIONS = {"margin": LOWER_IS_HARDER}
 
@@ -89,7 +93,7 @@ def method_info(method: str) -> MethodInfo:
     if spec["needs"] not in NEEDS:
         raise choice_error(f"needs of score method {method!r}", spec["needs"], NEEDS)
     if spec["min_epochs"] is None:
-        spec["min_epochs"] = 1 if spec["needs"] == "trajectory" else 0
+        spec["min_epochs"] = 1 if spec["needs"] in ("trajectory", "proxies") else 0
     return MethodInfo(
         name=method, fn=entry.obj, column=spec["column"] or method, direction=spec["direction"],
         needs=spec["needs"], min_epochs=int(spec["min_epochs"]), summary=entry.summary,
@@ -113,6 +117,7 @@ def score(
     kind: str = "entropy",
     clusters: int | None = None,
     window: int = 10,
+    folds: int = 5,
     method_options: dict[str, Any] | None = None,
     model_options: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
@@ -125,7 +130,9 @@ def score(
     ``round(proxy_fraction · full_epochs)``, at least 1): the early checkpoint the Data Diet paper
     scores at. Then the training split is scored (eval mode); trajectory methods (``forgetting``,
     ``aum``, ``dynamic_uncertainty``) record during the proxy training instead. ``epochs=0``
-    scores the untrained model (GraNd at initialisation).
+    scores the untrained model (GraNd at initialisation). ``label_issue`` trains its own
+    proxies instead: ``folds`` models per seed, each for ``epochs`` epochs on its own schedule
+    (:func:`prunus.data.labels.label_issue_scores`).
 
     Args:
         dataset: the dataset whose training split is scored.
@@ -143,6 +150,7 @@ def score(
         kind: ``uncertainty`` only: ``"entropy"``, ``"least_confidence"`` or ``"margin"``.
         clusters: ``prototypes`` only: k-means clusters (default: the number of classes).
         window: ``dynamic_uncertainty`` only: presentations per window. Default 10.
+        folds: ``label_issue`` only: K of its K-fold proxy training. Default 5.
         method_options: further keyword arguments of the method's function (for methods
             registered with their own settings).
         model_options: keyword options of the model factory.
@@ -172,13 +180,15 @@ def score(
     for name in ("seed", "epochs"):
         if name in train_settings:
             raise PrunusError(f"{name} is set by score() itself; use seeds= and epochs= instead.")
-    given = {"kind": kind, "clusters": clusters or dataset.num_classes, "window": window}
+    given = {"kind": kind, "clusters": clusters or dataset.num_classes, "window": window,
+             "folds": folds}
     for option, allowed in info.choices.items():
         if given.get(option) not in allowed:
             raise choice_error(option, given.get(option), allowed)
     column = str(given[info.column_from]) if info.column_from else info.column
     direction = COLUMN_DIRECTIONS.get(column, info.direction)
-    schedule_epochs = max(full_epochs, proxy_epochs, 1)
+    # a method training its own proxies runs each on a schedule of its own length
+    schedule_epochs = proxy_epochs if info.needs == "proxies" else max(full_epochs, proxy_epochs, 1)
     config = validated(
         TrainConfig, {**train_settings, "epochs": schedule_epochs, "batch_size": batch_size}, "train"
     )
@@ -192,22 +202,34 @@ def score(
     }
 
     n = len(dataset)
-    scoring_units = 0 if info.needs == "trajectory" else n
-    tracker = _Tracker(progress, len(seeds) * (proxy_epochs * n + scoring_units))
-    per_seed: list[np.ndarray] = []
-    costs: list[dict[str, float]] = []
-    for seed in seeds:
-        values, cost = _score_one_seed(
-            dataset, model, info, seed, proxy_epochs, config, score_batch_size,
-            options, model_options or {}, tracker,
-        )
-        per_seed.append(values)
-        costs.append(cost)
-
-    columns = {column: np.mean(per_seed, axis=0)}
-    if len(seeds) > 1:
-        columns.update({f"{column}_seed{s}": v for s, v in zip(seeds, per_seed)})
-    directions = dict.fromkeys(columns, direction)
+    details: dict[str, Any] = {}
+    if info.needs == "proxies":
+        columns, directions, cost, details = _own_proxies(
+            dataset, model, info, seeds, proxy_epochs, config, options, model_options, progress)
+    else:
+        scoring_units = 0 if info.needs == "trajectory" else n
+        tracker = _Tracker(progress, len(seeds) * (proxy_epochs * n + scoring_units))
+        per_seed: list[np.ndarray] = []
+        costs: list[dict[str, float]] = []
+        for seed in seeds:
+            values, seed_cost = _score_one_seed(
+                dataset, model, info, seed, proxy_epochs, config, score_batch_size,
+                options, model_options or {}, tracker,
+            )
+            per_seed.append(values)
+            costs.append(seed_cost)
+        columns = {column: np.mean(per_seed, axis=0)}
+        if len(seeds) > 1:
+            columns.update({f"{column}_seed{s}": v for s, v in zip(seeds, per_seed)})
+        directions = dict.fromkeys(columns, direction)
+        cost = {
+            "seconds": sum(c["train_seconds"] + c["scoring_seconds"] for c in costs),
+            "train_seconds": sum(c["train_seconds"] for c in costs),
+            "scoring_seconds": sum(c["scoring_seconds"] for c in costs),
+            "eval_seconds": sum(c["eval_seconds"] for c in costs),
+            "flops": sum(c["flops"] for c in costs),
+            "per_seed": costs,
+        }
     settings = config.model_dump(exclude={"seed", "epochs"})
     settings.update(score_batch_size=score_batch_size, **used)
     if method_options:
@@ -233,16 +255,37 @@ def score(
             "fingerprint": dataset.fingerprint,
         },
         "prunus_version": _version(),
-        "cost": {
-            "seconds": sum(c["train_seconds"] + c["scoring_seconds"] for c in costs),
-            "train_seconds": sum(c["train_seconds"] for c in costs),
-            "scoring_seconds": sum(c["scoring_seconds"] for c in costs),
-            "eval_seconds": sum(c["eval_seconds"] for c in costs),
-            "flops": sum(c["flops"] for c in costs),
-            "per_seed": costs,
-        },
+        "cost": cost,
+        **details,
     }
     return ScoreTable(dataset.ids.copy(), dataset.y.copy(), columns, metadata)
+
+
+# what a "proxies" method's own table says about its findings, kept in score()'s metadata
+_DETAIL_KEYS = ("num_issues", "thresholds", "issues_per_class", "threshold")
+
+
+def _own_proxies(dataset, model, info: MethodInfo, seeds, epochs, config, options, model_options,
+                 progress):
+    """Columns, directions, cost and details of a method that trains its own proxies."""
+    settings = config.model_dump(exclude={"seed", "epochs"})
+    table = info.fn(model, dataset, seeds=seeds, epochs=epochs, progress=progress,
+                    model_options=model_options or None, **settings, **options)
+    if info.column not in table.columns or len(table) != len(dataset):
+        raise PrunusError(
+            f"score method {info.name!r} must return a score table of the {len(dataset)} "
+            f"examples with a column {info.column!r} (got columns {list(table.columns)})."
+        )
+    names = [info.column, *(k for k in table.columns if k != info.column)]
+    columns = {k: table.aligned(dataset, k) for k in names}  # fingerprint checked
+    directions = {k: table.direction(k) for k in columns}
+    spent = table.metadata.get("cost", {})
+    seconds, train_seconds = float(spent.get("seconds", 0.0)), float(spent.get("train_seconds", 0.0))
+    cost = {"seconds": seconds, "train_seconds": train_seconds,
+            "scoring_seconds": seconds - train_seconds, "eval_seconds": 0.0,
+            "flops": float(spent.get("flops", 0.0))}
+    details = {k: table.metadata[k] for k in _DETAIL_KEYS if k in table.metadata}
+    return columns, directions, cost, details
 
 
 def _score_one_seed(
