@@ -17,6 +17,12 @@ Baselines are added here, always, and each arm names the two it is judged agains
   schedule (weight arms). Uniform random pruning at initialisation stays as the weakest
   variant, for reference.
 
+A label-issue policy (``score = "label_issue"`` with ``select = "remove_issues"`` or
+``"relabel_issues"``) gives one arm of kind ``labels`` with no keep: the table's flagged examples
+are removed, or relabelled to their suggested label. Both are judged against full data; the
+removal also against its random baseline, the **same number removed at random** (per class when
+``random_stratify``), which needs the table to know that number and so shares it.
+
 Every run evaluates at one compute cadence: each time ``eval_every_examples`` more examples
 have been backpropagated (1/20 of the full-data run's examples), so time to target compares
 arms checked equally often per unit of compute.
@@ -45,6 +51,7 @@ from prunus.study.config import PolicyConfig, StudyConfig, display_name
 FULL, RANDOM, STATIC, ONLINE, NEGATIVES = "full", "random", "static", "online", "negatives"
 LM = "lm"  # a language-model data arm (a selection policy or the target sample)
 SHORT = "short"  # full data on a schedule shortened to another arm's compute
+LABELS = "labels"  # a label-issue arm: flagged examples removed or relabelled, or as many at random
 CLASSIFICATION, RETRIEVAL, LANGUAGE = "classification", "retrieval", "lm"
 DENSE, WEIGHTS = "dense", "weights"
 FULL_LABEL, RANDOM_LABEL = "full data", "random"
@@ -56,7 +63,7 @@ EVALUATIONS_PER_FULL_RUN = 20  # the compute cadence: every 1/20 of the full-dat
 class DataArm:
     """Which examples a run trains on."""
 
-    kind: str  # full | random | static | online | negatives | short
+    kind: str  # full | random | static | online | negatives | short | labels | lm
     label: str
     keep: float = 1.0
     matches: str | None = None  # the policy whose measured backprop count this arm trains for
@@ -407,8 +414,18 @@ def study_arms(config: StudyConfig) -> list[Arm]:
         if "rs2" in online:
             data_arms.append((DataArm(ONLINE, display_name("rs2"), keep, method="rs2",
                                       baseline=True), None, short(keep), random_subset(keep)))
-    matched: list[tuple[DataArm, None, None, None]] = []
+    matched: list[tuple[DataArm, PolicyConfig | None, None, None]] = []
     for policy in config.policies:
+        if policy.label_arm:
+            data = DataArm(LABELS, policy.display, method=policy.score, select=policy.select)
+            rand = None
+            if policy.select == "remove_issues":
+                rand = DataArm(LABELS, f"{RANDOM_LABEL}, as many removed as {policy.display}",
+                               method=policy.score, select="random",
+                               stratify=config.random_stratify, baseline=True)
+                matched.append((rand, policy, None, None))  # it needs the table's count
+            data_arms.append((data, policy, None, rand))
+            continue
         for keep in config.keeps_of(policy) if policy.kind in ("static", "online") else ():
             if policy.kind == "static":
                 data = DataArm(STATIC, policy.display, keep, method=policy.score,
@@ -452,7 +469,7 @@ def study_arms(config: StudyConfig) -> list[Arm]:
     for d, dp, compute, rand in data_arms:
         arms.append(arm(d, dp, dense, None, compute and label(compute, dense),
                         rand and label(rand, dense)))
-    arms += [arm(d, None, dense, None) for d, *_ in matched]
+    arms += [arm(d, dp, dense, None) for d, dp, *_ in matched]
     for w, wp, rival in weight_arms:
         arms.append(arm(full, None, w, wp, None, rival and label(full, rival)))
     if config.cross:
@@ -523,7 +540,7 @@ def arm_label(data: DataArm, weights: WeightArm) -> str:
     if data.kind in (NEGATIVES, LM) or (data.method is not None and data.keep == 1.0
                                   and data.kind in (FULL, RANDOM)):
         return data.label
-    if data.kind == SHORT or data.matches is not None:
+    if data.kind in (SHORT, LABELS) or data.matches is not None:
         return data.label if weights.kind == DENSE else (
             f"{data.label} + {weights.label}, sparsity {percent(weights.sparsity)}")
     parts = []

@@ -22,6 +22,7 @@ from prunus.study import plugins
 from prunus.study.grid import (
     DENSE,
     FULL,
+    LABELS,
     LANGUAGE,
     ONLINE,
     RANDOM,
@@ -111,6 +112,9 @@ def execute_run(
         rows = [make_row(spec, {"epoch": 0, "step": 0, "end_of_epoch": False}, status, error,
                          train_examples, selection_seconds, charge)]
     rows[-1]["final"] = True
+    if spec.data.kind == LABELS and status == "ok":  # what the flags left (keep is not set)
+        for row in rows:
+            row["keep"] = train_examples / len(dataset)
     report("run_end", {"run_id": spec.run_id, "status": status})
     return rows
 
@@ -209,6 +213,8 @@ def apply_data_arm(spec: RunSpec, dataset, scores) -> tuple[Any, list]:
     if data.kind == ONLINE:
         return dataset, [plugins.online_callback(data.method, data.keep, spec.seed,
                                                  **json.loads(data.options))]
+    if data.kind == LABELS:
+        return label_arm_data(data.select, dataset, scores[0], spec.seed, data.stratify), []
     weights = None
     if data.kind == RANDOM or data.select == "random":
         ids, weights = plugins.select_ids(id_table(dataset), data.keep, "random", data.stratify,
@@ -221,6 +227,49 @@ def apply_data_arm(spec: RunSpec, dataset, scores) -> tuple[Any, list]:
         raise ValueError(f"unknown data arm {data.kind!r}")
     subset = dataset.subset(np.sort(ids)) if weights is None else dataset.subset(ids)
     return subset, ([] if weights is None else [ExampleWeights(ids, weights, spec.seed)])
+
+
+def label_arm_data(select: str, dataset, table, seed: int, stratify: bool = True):
+    """The training data of a label-issue arm, from a table with ``is_issue`` and
+    ``suggested_label`` columns (``label_issue``'s):
+
+    - ``remove_issues``: the examples not flagged;
+    - ``random``: as many examples removed as are flagged, chosen at random (seeded by the
+      run's seed); with ``stratify`` as many from each given class as are flagged in it;
+    - ``relabel_issues``: every example, the flagged ones with their suggested label
+      (``flipped_ids`` then lists the ids whose label still differs from the clean one,
+      where the clean labels are known).
+
+    Raises:
+        PrunusError: the table lacks ``is_issue`` / ``suggested_label`` or was computed on
+            another dataset; ``select`` is not one of the three.
+    """
+    from dataclasses import replace
+
+    from prunus.errors import PrunusError, choice_error
+
+    for name in ("is_issue", "suggested_label"):
+        if name not in table.columns:
+            raise PrunusError(f"a label-issue arm needs a score table with an {name!r} column "
+                              f"(score = 'label_issue'); this one has {list(table.columns)}.")
+    flagged = table.aligned(dataset, "is_issue") > 0.5
+    if select == "relabel_issues":
+        y = np.where(flagged, table.aligned(dataset, "suggested_label"), dataset.y).astype(np.int64)
+        flipped = dataset.flipped_ids if dataset.clean_y is None else dataset.ids[y != dataset.clean_y]
+        return replace(dataset, y=y, flipped_ids=flipped, _fingerprint=None)
+    if select == "remove_issues":
+        removed = flagged
+    elif select == "random":
+        rng = np.random.default_rng(seed)
+        groups = dataset.y if stratify else np.zeros(len(dataset), dtype=np.int64)
+        removed = np.zeros(len(dataset), dtype=bool)
+        for group in np.unique(groups):
+            rows = np.flatnonzero(groups == group)
+            removed[rng.choice(rows, int(flagged[rows].sum()), replace=False)] = True
+    else:
+        raise choice_error("label-issue select", select, ("remove_issues", "random",
+                                                          "relabel_issues"))
+    return dataset.subset(dataset.ids[~removed])
 
 
 def run_trainer(spec: RunSpec, train_data, callbacks: list) -> None:
