@@ -41,6 +41,7 @@ def test_label_issue_score_is_confident_learning_on_the_same_probabilities(noisy
     assert meta["num_issues"] == expected.num_issues > 0
     assert meta["cost"]["train_seconds"] > 0 and meta["cost"]["flops"] > 0
     assert meta["epochs"] == meta["full_epochs"] == 3
+    assert meta["dataset"]["flipped_ids"] == noisy.flipped_ids.tolist()
     # it finds the flipped labels better than chance (20% of the rows are flipped)
     flagged = table.ids[table.scores("is_issue") == 1]
     assert np.isin(flagged, noisy.flipped_ids).mean() > 0.5

@@ -258,6 +258,8 @@ def score(
         "cost": cost,
         **details,
     }
+    if info.needs == "proxies":  # a label method's flags are measured against the true flips
+        metadata["dataset"]["flipped_ids"] = dataset.flipped_ids.tolist()
     return ScoreTable(dataset.ids.copy(), dataset.y.copy(), columns, metadata)
 
 
