@@ -188,3 +188,18 @@ def test_a_tiny_label_noise_study_runs_end_to_end(tmp_path):
     assert arms["label issues relabelled"].keep == 1.0
     report = (tmp_path / "out" / "report.html").read_text()
     assert "label issues removed" in report and "label issues relabelled" in report
+
+
+def test_the_label_noise_example_is_the_decision_on_mnist1d_pair_noise():
+    from pathlib import Path
+
+    from prunus.study import load_config
+    from prunus.study.grid import study_arms
+
+    config = load_config(Path(__file__).resolve().parents[1] / "examples" / "label_noise.toml")
+    dataset = config.datasets[0]
+    assert (dataset.name, dataset.noise, dataset.noise_kind) == ("mnist1d", 0.2, "pairs")
+    assert len(config.seeds) >= 5
+    assert [a.label for a in study_arms(config)] == [
+        "full data", "label issues removed", "label issues relabelled",
+        "random, as many removed as label issues removed"]
