@@ -31,7 +31,6 @@ _EXPORTS = {
     "prototype_scores": "prototypes",
     "kcenter_scores": "prototypes",
     "kcenter_greedy": "prototypes",
-    "kmeans": "prototypes",
     "embeddings": "prototypes",
 }
 

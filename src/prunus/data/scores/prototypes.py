@@ -7,13 +7,15 @@ These methods hold the N × d embeddings in memory (the other scores keep O(N) n
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
 
 from prunus.data.scores.common import Progress, batches
 from prunus.datasets.base import Dataset
-from prunus.errors import PrunusError
+from prunus.errors import PrunusError, require
 from prunus.registry import SCORES
 
 
@@ -33,7 +35,9 @@ def prototype_scores(
     laws: beating power law scaling via data pruning*).
 
     Far from every prototype = atypical = hard (higher = harder). The paper keeps the hardest
-    examples when data is abundant and the easiest when it is scarce.
+    examples when data is abundant and the easiest when it is scarce. The centroids are
+    scikit-learn's ``KMeans`` (Lloyd, one k-means++ initialisation seeded by ``seed``), O(N·k·d)
+    per iteration.
 
     Args:
         embeddings: (N, d) array.
@@ -46,80 +50,86 @@ def prototype_scores(
         PrunusError: ``k`` not in [1, N], or embeddings not a 2-D finite array.
     """
     points = _points(embeddings, normalize)
-    centroids, _ = kmeans(points, k, seed=seed, iterations=iterations)
-    return torch.cdist(points, centroids).min(dim=1).values.double().numpy()
+    if int(k) != k or not 1 <= k <= len(points):
+        raise PrunusError(
+            f"k (number of prototypes) must be an integer in [1, {len(points)}] (got {k!r})."
+        )
+    cluster = require("sklearn.cluster", "datasets")
+    kmeans = cluster.KMeans(n_clusters=int(k), n_init=1, max_iter=int(iterations), random_state=seed)
+    return kmeans.fit(points).transform(points).min(axis=1)
 
 
-def kmeans(
-    points: np.ndarray | torch.Tensor, k: int, *, seed: int = 0, iterations: int = 100
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means with k-means++ seeding; returns ``(centroids (k, d), assignment (N,))``.
-
-    Stops when no assignment changes. A cluster that empties is moved to the point farthest
-    from its centroid. Deterministic for a given seed.
-    """
-    x = torch.as_tensor(points, dtype=torch.float64) if not torch.is_tensor(points) else points.double()
-    n = len(x)
-    if int(k) != k or not 1 <= k <= n:
-        raise PrunusError(f"k (number of prototypes) must be an integer in [1, {n}] (got {k!r}).")
-    rng = np.random.default_rng(seed)
-    centroids = [x[rng.integers(n)]]
-    nearest = torch.cdist(x, centroids[0][None])[:, 0].square()
-    for _ in range(1, k):
-        weights = nearest.numpy()
-        total = weights.sum()
-        pick = rng.choice(n, p=weights / total) if total > 0 else rng.integers(n)
-        centroids.append(x[pick])
-        nearest = torch.minimum(nearest, torch.cdist(x, x[pick][None])[:, 0].square())
-    centroids = torch.stack(centroids)
-    assignment = torch.full((n,), -1, dtype=torch.long)
-    for _ in range(iterations):
-        distances = torch.cdist(x, centroids)
-        new = distances.argmin(dim=1)
-        if torch.equal(new, assignment):
-            break
-        assignment = new
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, x)
-        counts = torch.bincount(assignment, minlength=k)
-        empty = counts == 0
-        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
-        if empty.any():
-            far = distances.gather(1, assignment[:, None])[:, 0].argsort(descending=True)
-            centroids[empty] = x[far[: int(empty.sum())]]
-    return centroids, assignment
+# Distance terms (picks × N × d) the default k-center greedy spends: about 10 s on one CPU core.
+KCENTER_BUDGET = 2e10
 
 
-def kcenter_greedy(embeddings: np.ndarray, *, seed: int = 0, normalize: bool = False) -> np.ndarray:
+def kcenter_picks(n: int, d: int) -> int:
+    """Default number of exact greedy picks for N examples of width d: all N while
+    N·N·d ≤ :data:`KCENTER_BUDGET`, else ``KCENTER_BUDGET / (N·d)`` (at least 1)."""
+    return int(min(n, max(1, KCENTER_BUDGET // (n * d))))
+
+
+def kcenter_greedy(
+    embeddings: np.ndarray, *, picks: int | None = None, seed: int = 0, normalize: bool = False
+) -> np.ndarray:
     """Order of the k-center greedy picks (Sener & Savarese 2018, *Active Learning for
     Convolutional Neural Networks: A Core-Set Approach*).
 
     Starting from a seeded random example, repeatedly pick the example farthest from everything
-    picked so far (Euclidean). The first ``k`` picks are the greedy k-center solution for every
-    ``k``, so one ordering serves every budget. O(N² d) time, O(N) extra memory.
+    picked so far (Euclidean): the first ``k`` picks are the greedy k-center solution for every
+    ``k`` ≤ ``picks``. The examples left after ``picks`` picks follow, farthest from the picked
+    set first (greedy without the updates). Each pick updates every example's distance to the
+    picked set once, so the cost is O(N·picks·d) time in float32, O(N) extra memory.
+
+    Args:
+        embeddings: (N, d) array.
+        picks: exact greedy picks. Default :func:`kcenter_picks` (all N up to N²·d = 2·10¹⁰),
+            with a warning when that is fewer than N.
+        seed: seed of the first pick. Default 0.
+        normalize: L2-normalise the embeddings first. Default False.
+
+    Raises:
+        PrunusError: ``picks`` not in [1, N], or embeddings not a 2-D finite array.
     """
-    x = _points(embeddings, normalize).numpy()
-    n = len(x)
-    squared_norms = np.einsum("ij,ij->i", x, x)
-    order = np.empty(n, dtype=np.int64)
-    order[0] = np.random.default_rng(seed).integers(n)
-    nearest = np.full(n, np.inf)
-    for step in range(1, n):
+    x = torch.from_numpy(_points(embeddings, normalize)).float()
+    n, d = x.shape
+    if picks is None:
+        picks = kcenter_picks(n, d)
+        if picks < n:
+            warnings.warn(
+                f"kcenter: {n} examples of width {d}: the first {picks} picks are exact k-center "
+                f"greedy, the rest are ordered by distance to those picks (default budget: "
+                f"picks·N·d ≤ {KCENTER_BUDGET:.0e}; pass picks= for more).",
+                stacklevel=2,
+            )
+    if int(picks) != picks or not 1 <= picks <= n:
+        raise PrunusError(f"picks (exact k-center picks) must be an integer in [1, {n}] (got {picks!r}).")
+    squared_norms = (x * x).sum(dim=1)
+    order = torch.empty(n, dtype=torch.long)
+    order[0] = int(np.random.default_rng(seed).integers(n))
+    nearest = torch.full((n,), torch.inf)
+    for step in range(1, int(picks) + 1):
         last = order[step - 1]
-        distances = squared_norms - 2.0 * (x @ x[last]) + squared_norms[last]
-        np.minimum(nearest, distances, out=nearest)
-        nearest[last] = -np.inf
-        order[step] = int(nearest.argmax())
-    return order
+        distances = torch.addmv(squared_norms + squared_norms[last], x, x[last], alpha=-2.0)
+        torch.minimum(nearest, distances, out=nearest)
+        nearest[last] = -torch.inf
+        if step < picks:
+            order[step] = nearest.argmax()
+    rest = torch.argsort(nearest, descending=True, stable=True)[: n - int(picks)]
+    order[int(picks):] = rest
+    return order.numpy()
 
 
 @SCORES.register(
-    "kcenter", needs="embeddings", flops=lambda n, forward, backward, width: forward * n + 3.0 * n * n * width,
+    "kcenter", needs="embeddings",
+    flops=lambda n, forward, backward, width: forward * n + 3.0 * n * kcenter_picks(n, width) * width,
     summary="k-center greedy coverage priority",
 )
 def kcenter_scores(embeddings: np.ndarray, *, seed: int = 0, normalize: bool = False) -> np.ndarray:
     """Coverage priority from :func:`kcenter_greedy`: ``1 − rank / N`` (the first pick scores 1).
 
-    Higher = picked earlier; keeping the "hardest" ``k`` keeps the greedy k-center set.
+    Higher = picked earlier; keeping the "hardest" ``k`` keeps the greedy k-center set (exact
+    up to :func:`kcenter_picks` picks, then farthest from those picks first).
     """
     order = kcenter_greedy(embeddings, seed=seed, normalize=normalize)
     scores = np.empty(len(order), dtype=np.float64)
@@ -163,12 +173,10 @@ def embeddings(
     return torch.cat(parts).numpy()
 
 
-def _points(embeddings: np.ndarray, normalize: bool) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64)
-    if x.dim() != 2 or len(x) == 0 or not torch.isfinite(x).all():
-        raise PrunusError(
-            f"embeddings must be a finite, non-empty 2-D array (got shape {tuple(x.shape)})."
-        )
+def _points(embeddings: np.ndarray, normalize: bool) -> np.ndarray:
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2 or len(x) == 0 or x.shape[1] == 0 or not np.isfinite(x).all():
+        raise PrunusError(f"embeddings must be a finite, non-empty 2-D array (got shape {x.shape}).")
     if normalize:
-        x = x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return x
