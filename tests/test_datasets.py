@@ -338,8 +338,8 @@ def test_npz_parquet_csv_round_trip(tmp_path):
     )
     pq.write_table(table, tmp_path / "d.parquet")
     pa_csv.write_csv(table, tmp_path / "d.csv")
-    parquet = load(str(tmp_path / "d.parquet"), seed=3)
-    csv = from_path(tmp_path / "d.csv", seed=3)
+    parquet = load(str(tmp_path / "d.parquet"), seed=3, features=["a", "b"])
+    csv = from_path(tmp_path / "d.csv", seed=3, features=["a", "b"])
     assert parquet.fingerprint == csv.fingerprint
     assert parquet.input_shape == (2,) and parquet.options["classes"] == ["maybe", "no", "yes"]
     rows = parquet.ids - 1000

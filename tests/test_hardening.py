@@ -73,3 +73,87 @@ def test_kcenter_default_picks_follow_the_stated_budget_and_warn_when_cut(monkey
     with pytest.warns(UserWarning, match="the first 30 picks are exact"):
         order = prototypes.kcenter_greedy(points)
     np.testing.assert_array_equal(order, prototypes.kcenter_greedy(points, picks=30))
+
+
+# -- tabular feature columns: never dropped silently, standardize, scale warning ------------------
+
+
+def _table(tmp_path, n: int = 60):
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    rng = np.random.default_rng(0)
+    columns = {
+        "a": rng.normal(size=n),
+        "b": rng.normal(size=n) * 10.0 + 3.0,
+        "color": np.array(["red", "blue", "green"])[rng.integers(3, size=n)],
+        "label": np.array(["no", "yes"])[np.arange(n) % 2],
+    }
+    path = tmp_path / "t.csv"
+    pa_csv.write_csv(pa.table(columns), path)
+    return path, columns
+
+
+def test_text_feature_columns_are_refused_or_one_hot_encoded_never_dropped(tmp_path, capsys):
+    from helpers import invoke
+
+    from prunus.datasets import load
+
+    path, columns = _table(tmp_path)
+    with pytest.raises(PrunusError, match=r"t.csv: column\(s\) 'color' are not numeric.*features.*encode=onehot"):
+        load(str(path))
+    assert invoke("datasets", "show", str(path)) == 2
+    assert "'color' are not numeric" in capsys.readouterr().err
+    with pytest.raises(PrunusError, match=r"feature column 'color' must hold numbers.*encode=onehot"):
+        load(str(path), features=["a", "color"])
+    with pytest.raises(PrunusError, match="encode option of t.csv must be one of: none, onehot"):
+        load(str(path), encode="ordinal")
+
+    numeric = load(str(path), features=["a", "b"], seed=1)
+    assert numeric.input_shape == (2,)
+    encoded = load(str(path), encode="onehot", seed=1)
+    assert encoded.options["encoded"] == {"color": ["blue", "green", "red"]}
+    rows = encoded.ids
+    one_hot = (columns["color"][rows][:, None] == np.array(["blue", "green", "red"])).astype(np.float32)
+    want = np.concatenate([columns["a"][rows, None], columns["b"][rows, None], one_hot], axis=1)
+    np.testing.assert_allclose(encoded.x, want.astype(np.float32))
+    assert np.array_equal(encoded.ids, numeric.ids)
+
+
+def test_standardize_uses_training_statistics_and_scale_warning(tmp_path):
+    import warnings
+
+    from prunus.datasets import from_arrays, load
+
+    path, columns = _table(tmp_path)
+    raw = load(str(path), features=["a", "b"], seed=2)
+    scaled = load(str(path), features=["a", "b"], seed=2, standardize=True)
+    mean, std = raw.x.astype(np.float64).mean(axis=0), raw.x.astype(np.float64).std(axis=0)
+    np.testing.assert_allclose(scaled.x, (raw.x - mean) / std, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scaled.test.x, (raw.test.x - mean) / std, rtol=1e-5, atol=1e-6)
+    assert scaled.options["standardize"] is True and scaled.fingerprint != raw.fingerprint
+    with pytest.raises(PrunusError, match="standardize must be true or false"):
+        load(str(path), features=["a", "b"], standardize="yes")
+
+    x = np.stack([columns["a"], columns["a"] * 5000.0, np.ones(60)], axis=1)  # constant: ignored
+    labels = np.arange(60) % 2
+    given = {"x": x[:40], "y": labels[:40], "x_test": x[40:], "y_test": labels[40:]}
+    np.savez(tmp_path / "wide.npz", **given)
+    with pytest.warns(UserWarning, match=r"scales differ by 5000x.*standardize=true"):
+        load(_parquet(tmp_path, x, labels))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = from_arrays(**given, standardize=True)  # constants are only centred
+        load(_parquet(tmp_path, x, labels), standardize=True)
+    np.testing.assert_allclose(kept.x[:, 2], 0.0)
+    np.testing.assert_allclose(kept.test.x[:, 1] * x[:40, 1].std() + x[:40, 1].mean(), x[40:, 1], rtol=1e-4)
+    assert load(str(tmp_path / "wide.npz"), standardize=True).fingerprint == kept.fingerprint
+
+
+def _parquet(tmp_path, x: np.ndarray, y: np.ndarray) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({"small": x[:, 0], "large": x[:, 1], "label": y}), path)
+    return str(path)

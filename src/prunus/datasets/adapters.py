@@ -8,13 +8,20 @@ Every adapter ends in :func:`from_arrays`, so the rules are the same everywhere:
 * ids are the given ids (an ``id`` column or array) or else the row positions in the source,
   test rows continuing after the training ones;
 * without a test split, a stratified, seeded ``test_fraction`` of each class is held out (ids
-  stay the row positions, so the same file and seed always give the same split).
+  stay the row positions, so the same file and seed always give the same split);
+* ``standardize=True`` z-scores every feature with the training split's mean and standard
+  deviation (recorded in ``dataset.options``; the fingerprint changes with the data).
+
+Tables (Parquet, CSV, Hugging Face) never drop a column silently: a non-numeric column is
+refused unless ``features`` leaves it out or ``encode="onehot"`` one-hot encodes it, and a
+warning says when the raw feature scales differ by ``SCALE_WARNING`` times or more.
 """
 
 from __future__ import annotations
 
 import json
 import numbers
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,8 +31,10 @@ import numpy as np
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError, choice_error, reading, require
 
-SPLIT_OPTIONS = ("name", "num_classes", "seed", "test_fraction")
-TABLE_OPTIONS = SPLIT_OPTIONS + ("features", "id", "label")
+ARRAY_OPTIONS = ("name", "num_classes", "seed", "standardize", "test_fraction")
+TABLE_OPTIONS = ARRAY_OPTIONS + ("encode", "features", "id", "label")
+ENCODINGS = ("none", "onehot")
+SCALE_WARNING = 1000.0  # ratio of the largest to the smallest feature standard deviation
 
 
 def from_arrays(
@@ -39,6 +48,7 @@ def from_arrays(
     name: str = "arrays",
     test_fraction: float = 0.2,
     seed: int = 0,
+    standardize: bool = False,
 ) -> Dataset:
     """Build a :class:`Dataset` from arrays (anything ``np.asarray`` accepts).
 
@@ -52,11 +62,16 @@ def from_arrays(
         name: the dataset's name in logs and reports. Default ``"arrays"``.
         test_fraction: share of each class held out when no test split is given. Default 0.2.
         seed: seed of that split. Default 0.
+        standardize: z-score each feature, ``(x − mean) / std`` with the training split's
+            statistics (a constant feature is only centred). Default False.
 
     Raises:
         PrunusError: labels not 1-D, NaN labels or features, empty data, a single class,
-            negative or non-integer labels, repeated ids, bad ``test_fraction``.
+            negative or non-integer labels, repeated ids, bad ``test_fraction`` or
+            ``standardize``.
     """
+    if not isinstance(standardize, (bool, np.bool_)):
+        raise PrunusError(f"{name}: standardize must be true or false (got {standardize!r}).")
     x = _features(x, name)
     y_names = None
     if (x_test is None) != (y_test is None):
@@ -87,9 +102,10 @@ def from_arrays(
                 f"{name}: test_fraction={test_fraction} holds out no example of {len(y)}; "
                 "raise test_fraction or give x_test and y_test."
             )
-        test = Dataset(name, ids[test_rows], x[test_rows], y[test_rows], num_classes)
+        x_train, x_test = _scaled(x[train_rows], x[test_rows], standardize, options)
+        test = Dataset(name, ids[test_rows], x_test, y[test_rows], num_classes)
         return Dataset(
-            name, ids[train_rows], x[train_rows], y[train_rows], num_classes, test, options=options
+            name, ids[train_rows], x_train, y[train_rows], num_classes, test, options=options
         )
 
     if ids_test is None:
@@ -99,6 +115,7 @@ def from_arrays(
         ids_test = _ids(ids_test, len(y_test), name, "ids_test")
     if np.intersect1d(ids, ids_test).size:
         raise PrunusError(f"{name}: ids_test must not repeat any training id.")
+    x, x_test = _scaled(x, x_test, standardize, options)
     test = Dataset(name, ids_test, x_test, y_test, num_classes)
     return Dataset(name, ids, x, y, num_classes, test, options=options)
 
@@ -110,10 +127,12 @@ def from_path(path: str | Path, **options: Any) -> Dataset:
     ``.npz``: arrays ``x`` and ``y``, optionally ``ids``, ``x_test``, ``y_test``, ``ids_test``
     (read with ``allow_pickle=False``). Parquet, CSV and Hugging Face: one row per example;
     options ``label`` (label column, default ``"label"``), ``id`` (id column, used when present,
-    default ``"id"``), ``features`` (feature columns, default every other numeric column; a
-    column may hold fixed-length lists or arrays). A Hugging Face ``DatasetDict`` uses its
-    ``train`` and, if present, ``test`` splits. Every format also takes ``num_classes``,
-    ``name``, ``test_fraction`` (default 0.2) and ``seed`` (default 0) as in :func:`from_arrays`.
+    default ``"id"``), ``features`` (feature columns, default every other column, refused if one
+    is not numeric; a column may hold fixed-length lists or arrays) and ``encode`` (``"none"``,
+    default, or ``"onehot"``: text columns become one 0/1 feature per category). A Hugging Face
+    ``DatasetDict`` uses its ``train`` and, if present, ``test`` splits. Every format also takes
+    ``num_classes``, ``name``, ``test_fraction`` (default 0.2), ``seed`` (default 0) and
+    ``standardize`` (default False) as in :func:`from_arrays`.
 
     Raises:
         PrunusError: missing file, unknown option, missing column or array, bad values.
@@ -135,7 +154,7 @@ def from_path(path: str | Path, **options: Any) -> Dataset:
             return _from_hf_dir(path, **options)
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        _check_options(options, SPLIT_OPTIONS, path)
+        _check_options(options, ARRAY_OPTIONS, path)
         with reading(path, "dataset", "a readable .npz file of arrays x and y",
                      strip=str(options["name"])):
             return _from_npz(path, **options)
@@ -217,6 +236,32 @@ def _features(x: Any, name: str) -> np.ndarray:
     if x.ndim == 0:
         raise PrunusError(f"{name}: x must have one row per example (got a scalar).")
     return x[:, None] if x.ndim == 1 else x
+
+
+def _scaled(
+    train: np.ndarray, test: np.ndarray, standardize: bool, options: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both splits z-scored with the training split's per-feature mean and std (if asked)."""
+    if not standardize:
+        return train, test
+    mean = train.mean(axis=0, dtype=np.float64)
+    std = train.std(axis=0, dtype=np.float64)
+    std[std == 0] = 1.0
+    options["standardize"] = True
+    return ((train - mean) / std).astype(np.float32), ((test - mean) / std).astype(np.float32)
+
+
+def _warn_on_scales(dataset: Dataset, where: str) -> None:
+    """Warn when the training features' standard deviations span ``SCALE_WARNING``× or more."""
+    std = dataset.x.reshape(len(dataset), -1).std(axis=0, dtype=np.float64)
+    std = std[std > 0]
+    if len(std) > 1 and std.max() >= SCALE_WARNING * std.min():
+        warnings.warn(
+            f"{where}: raw feature scales differ by {std.max() / std.min():.0f}x (standard "
+            f"deviations {std.min():.3g} to {std.max():.3g}); pass standardize=true "
+            "(-o standardize=true) to z-score them with the training split's statistics.",
+            stacklevel=3,
+        )
 
 
 def _labels_shape(y: Any, n: int, name: str, field: str) -> np.ndarray:
@@ -396,36 +441,58 @@ def _from_columns(
     label: str = "label",
     id: str = "id",
     features: str | Sequence[str] | None = None,
+    encode: str = "none",
     **split_options: Any,
 ) -> Dataset:
-    """Pick the label, id and feature columns of a table and build the dataset."""
+    """Pick the label, id and feature columns of a table (one-hot encoding text columns when
+    ``encode="onehot"``, categories in sorted order over both splits) and build the dataset."""
     if not columns or not len(next(iter(columns.values()))):
         raise PrunusError(f"{where}: the table has no rows (or no columns).")
     if label not in columns:
         raise choice_error(f"label column of {where}", label, columns)
     if id not in columns and id != "id":
         raise choice_error(f"id column of {where}", id, columns)
+    if encode not in ENCODINGS:
+        raise choice_error(f"encode option of {where}", encode, ENCODINGS)
     if features is None:
-        features = [
-            col
-            for col, values in columns.items()
-            if col not in (label, id) and values.dtype.kind in "biuf"
-        ]
+        features = [col for col in columns if col not in (label, id)]
+        text = [col for col in features if columns[col].dtype.kind not in "biuf"]
+        if text and encode == "none":
+            raise PrunusError(
+                f"{where}: column(s) {', '.join(map(repr, text))} are not numeric; name the "
+                "feature columns with the features option (-o 'features=[\"a\",\"b\"]') or "
+                "one-hot encode text columns with encode=onehot (-o encode=onehot)."
+            )
         if not features:
             raise PrunusError(
-                f"{where}: no numeric feature columns besides the label {label!r}; "
+                f"{where}: no feature columns besides the label {label!r}; "
                 f"columns: {', '.join(columns)}."
             )
     elif isinstance(features, str):
         features = [features]
+    categories: dict[str, list[str]] = {}
     for col in features:
         if col not in columns:
             raise choice_error(f"feature column of {where}", col, columns)
-        if columns[col].dtype.kind not in "biuf":
-            raise PrunusError(
-                f"{where}: feature column {col!r} must hold numbers or fixed-length lists of "
-                f"numbers (got {columns[col].dtype})."
-            )
+        if columns[col].dtype.kind in "biuf":
+            continue
+        values = [columns[col]] + ([] if test_columns is None or col not in test_columns
+                                   else [test_columns[col]])
+        if encode == "onehot" and all(isinstance(v, str) for part in values for v in part):
+            categories[col] = sorted({v for part in values for v in part})
+            continue
+        raise PrunusError(
+            f"{where}: feature column {col!r} must hold numbers or fixed-length lists of "
+            f"numbers (got {columns[col].dtype}"
+            + (", with missing or non-text values" if encode == "onehot" else
+               "; a text column can be one-hot encoded with encode=onehot") + ")."
+        )
+
+    def feature(values: np.ndarray, col: str) -> np.ndarray:
+        if col not in categories:
+            return values.reshape(len(values), -1)
+        lookup = {v: i for i, v in enumerate(categories[col])}
+        return np.eye(len(lookup), dtype=np.float32)[[lookup[v] for v in values]]
 
     def arrays(table: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
         for col in [label, *features]:
@@ -433,8 +500,10 @@ def _from_columns(
                 raise choice_error(
                     f"column of the {prefix or 'train'} split of {where}", col, table
                 )
-        parts = [table[col].reshape(len(table[col]), -1) for col in features]
-        x = table[features[0]] if len(features) == 1 else np.concatenate(parts, axis=1)
+        if len(features) == 1 and not categories:
+            x = table[features[0]]
+        else:
+            x = np.concatenate([feature(table[col], col) for col in features], axis=1)
         out = {"x" + prefix: x, "y" + prefix: table[label]}
         if id in table:
             out["ids" + prefix] = table[id]
@@ -443,7 +512,12 @@ def _from_columns(
     given = arrays(columns, "")
     if test_columns is not None:
         given.update(arrays(test_columns, "_test"))
-    return from_arrays(**given, **split_options)
+    dataset = from_arrays(**given, **split_options)
+    if categories:
+        dataset.options["encoded"] = categories
+    if not split_options.get("standardize"):
+        _warn_on_scales(dataset, where)
+    return dataset
 
 
 def _materialise(dataset: Any, batch_size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
