@@ -157,3 +157,44 @@ def _parquet(tmp_path, x: np.ndarray, y: np.ndarray) -> str:
     path = tmp_path / "wide.parquet"
     pq.write_table(pa.table({"small": x[:, 0], "large": x[:, 1], "label": y}), path)
     return str(path)
+
+
+# -- class names in outputs when labels were strings ----------------------------------------------
+
+
+def test_class_names_reach_datasets_show_score_tables_and_labels_show(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    from helpers import invoke
+
+    from prunus.data.table import ScoreTable
+    from prunus.datasets import load
+
+    rng = np.random.default_rng(1)
+    y = np.arange(90) % 3
+    names = np.array(["cat", "ant", "bee"])  # sorted: ant=0, bee=1, cat=2
+    x = rng.normal(size=(90, 2)) + y[:, None]
+    path = tmp_path / "animals.csv"
+    pa_csv.write_csv(pa.table({"f0": x[:, 0], "f1": x[:, 1], "label": names[y]}), path)
+
+    assert invoke("datasets", "show", str(path)) == 0
+    assert "['ant', 'bee', 'cat']" in capsys.readouterr().out
+    data = load(str(path))
+    assert data.summary()["class_names"] == ["ant", "bee", "cat"]
+
+    probs = np.full((len(data), 3), 0.02)
+    probs[np.arange(len(data)), data.y] = 0.96
+    probs[:6] = 0.02
+    probs[np.arange(6), (data.y[:6] + 1) % 3] = 0.96  # six examples the "model" disagrees with
+    np.save(tmp_path / "probs.npy", probs)
+    out = tmp_path / "issues.parquet"
+    assert invoke("labels", "find", "--dataset", str(path), "--pred-probs", str(tmp_path / "probs.npy"),
+                  "--out", str(out), "--json") == 0
+    capsys.readouterr()
+    table = ScoreTable.read(out)
+    assert table.metadata["dataset"]["options"]["classes"] == ["ant", "bee", "cat"]
+    assert invoke("labels", "show", str(out), "--top", "6") == 0
+    shown = capsys.readouterr().out
+    first = int(data.y[0])
+    assert f"{first} ({['ant', 'bee', 'cat'][first]})" in shown
+    assert f"{(first + 1) % 3} ({['ant', 'bee', 'cat'][(first + 1) % 3]})" in shown

@@ -356,6 +356,11 @@ def labels_show_command(
     flagged = table.columns["is_issue"].astype(bool)
     suggested = table.columns["suggested_label"].astype(np.int64)
     dataset = meta.get("dataset") or {}
+    names = (dataset.get("options") or {}).get("classes")
+
+    def named(label: int) -> str:  # "2 (cat)" when the dataset's labels were strings
+        return f"{label} ({names[label]})" if names and 0 <= label < len(names) else str(label)
+
     summary = Table("field", "value", title=str(table_path))
     summary.add_row("method", f"{meta.get('method')} ({meta.get('description', '')})")
     summary.add_row("dataset", f"{dataset.get('name')} ({len(table):,} examples, fingerprint "
@@ -363,7 +368,7 @@ def labels_show_command(
     summary.add_row("flagged", f"{int(flagged.sum()):,} of {len(table):,} ({flagged.mean():.1%})")
     per_class = np.bincount(table.labels[flagged], minlength=table.num_classes)
     totals = np.bincount(table.labels, minlength=table.num_classes)
-    summary.add_row("flagged per given label", " ".join(f"{c}:{f}/{t}" for c, (f, t)
+    summary.add_row("flagged per given label", " ".join(f"{named(c)}:{f}/{t}" for c, (f, t)
                                                         in enumerate(zip(per_class, totals))))
     if meta.get("threshold") is not None:
         summary.add_row("threshold", f"{meta['threshold']:.4g}")
@@ -381,7 +386,7 @@ def labels_show_command(
         listing = Table("id", "given", "suggested", "label_issue",
                         *(["flipped"] if flipped else []), title=f"top {len(rows)} flagged")
         for row in rows:
-            cells = [str(table.ids[row]), str(table.labels[row]), str(suggested[row]),
+            cells = [str(table.ids[row]), named(int(table.labels[row])), named(int(suggested[row])),
                      f"{table.columns['label_issue'][row]:.4g}"]
             if flipped:
                 cells.append("yes" if int(table.ids[row]) in flipped else "no")

@@ -94,8 +94,9 @@ class Dataset:
         return np.bincount(self.y, minlength=self.num_classes)
 
     def summary(self) -> dict[str, Any]:
-        """Plain facts for display: sizes, shape, classes, fingerprint."""
-        return {
+        """Plain facts for display: sizes, shape, classes (and their names, when the labels were
+        strings or named classes), fingerprint."""
+        facts = {
             "name": self.name,
             "train": len(self),
             "test": 0 if self.test is None else len(self.test),
@@ -104,6 +105,9 @@ class Dataset:
             "flipped": len(self.flipped_ids),
             "fingerprint": self.fingerprint,
         }
+        if "classes" in self.options:
+            facts["class_names"] = list(self.options["classes"])
+        return facts
 
 
 def validate_arrays(
