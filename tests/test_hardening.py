@@ -198,3 +198,30 @@ def test_class_names_reach_datasets_show_score_tables_and_labels_show(tmp_path, 
     first = int(data.y[0])
     assert f"{first} ({['ant', 'bee', 'cat'][first]})" in shown
     assert f"{(first + 1) % 3} ({['ant', 'bee', 'cat'][(first + 1) % 3]})" in shown
+
+
+# -- structured channel removal from the CLI ------------------------------------------------------
+
+
+def test_prune_pattern_channels_shrinks_the_model_and_evaluate_reads_it(tmp_path, capsys):
+    import json
+
+    from helpers import invoke
+
+    out = str(tmp_path / "small.safetensors")
+    data = ["--dataset", "mnist1d", "-o", "train_size=300", "-o", "test_size=120", "--model", "mlp"]
+    assert invoke("prune", *data, "--pattern", "channels", "--sparsity", "0.5", "--epochs", "1",
+                  "-s", "finetune=1", "--out", out, "--json") == 0
+    got = json.loads(capsys.readouterr().out)
+    # mlp 40 -> 256 -> 256 -> 10 with half of each hidden layer's neurons removed, by hand:
+    assert [r["after"] for r in got["layers"][:-1]] == [[128, 40], [128, 128], [10, 128]]
+    assert got["params"] == (40 * 128 + 128) + (128 * 128 + 128) + (128 * 10 + 10)
+    assert got["params_dense"] == (40 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)
+    assert got["forward_flops"] < 0.3 * got["forward_flops_dense"]
+    assert invoke("evaluate", out, "--json") == 0  # full shapes, removed channels are zeros
+    evaluated = json.loads(capsys.readouterr().out)
+    assert abs(evaluated["accuracy"] - got["accuracy"]) <= 1 / 120 + 1e-9
+    assert invoke("prune", *data, "--pattern", "channels", "--method", "rigl") == 2
+    assert "--method (with --pattern channels) must be one of: l1, l2, random, taylor" in capsys.readouterr().err
+    assert invoke("prune", *data, "--pattern", "chanels") == 2
+    assert "--pattern must be unstructured, N:M such as 2:4, or channels" in capsys.readouterr().err

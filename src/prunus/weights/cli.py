@@ -17,9 +17,9 @@ def register(app: typer.Typer) -> None:
 
 
 def prune_command(
-    method: str = typer.Option("magnitude", help="weight policy: random, magnitude, gmp, snip, grasp, synflow, gradient, imp, set, rigl, granet, nm"),
-    sparsity: float | None = typer.Option(None, help="fraction of prunable weights removed, in [0, 1) (default 0.9; an N:M pattern fixes it at 1 - N/M)"),
-    pattern: str = typer.Option("unstructured", help="unstructured or N:M such as 2:4 (one-shot methods and nm)"),
+    method: str | None = typer.Option(None, help="weight policy: random, magnitude (default), gmp, snip, grasp, synflow, gradient, imp, set, rigl, granet, nm; with --pattern channels the channel criterion: l1 (default), l2, taylor, random"),
+    sparsity: float | None = typer.Option(None, help="fraction of prunable weights removed, in [0, 1) (default 0.9; an N:M pattern fixes it at 1 - N/M; channels: fraction of each layer's channels removed, default 0.5)"),
+    pattern: str = typer.Option("unstructured", help="unstructured, N:M such as 2:4 (one-shot methods and nm), or channels (train dense, then remove whole channels and shrink the model; -s finetune=EPOCHS)"),
     dataset: str = typer.Option("mnist1d", help="dataset name or path"),
     model: str = typer.Option("cnn1d", help="model name or package.module:factory"),
     epochs: int = typer.Option(10, min=1),
@@ -34,7 +34,11 @@ def prune_command(
     option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable results"),
 ) -> None:
-    """Train with a weight-sparsity policy; print accuracy, per-layer sparsity and FLOPs."""
+    """Train with a weight-sparsity policy; print accuracy, per-layer sparsity and FLOPs.
+
+    With ``--pattern channels``: train dense, remove the lowest-scoring output channels of every
+    layer (:func:`prunus.weights.prune_channels`), optionally fine-tune, and print the shapes,
+    parameters, forward FLOPs and accuracy before and after."""
     from rich.table import Table
 
     from prunus.cli import console, err_console, parse_options
@@ -52,6 +56,15 @@ def prune_command(
     if out is not None:
         check_writable(out)
     settings = parse_options(setting, "--setting")
+    train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+             "schedule": schedule, "seed": seed, "device": device}
+    if pattern == "channels":
+        _prune_channels(method or "l1", 0.5 if sparsity is None else sparsity, settings, dataset,
+                        model, parse_options(option), train, out, as_json)
+        return
+    if ":" not in pattern and pattern != "unstructured":
+        raise PrunusError(f"--pattern must be unstructured, N:M such as 2:4, or channels (got {pattern!r}).")
+    method = method or "magnitude"
     nm = parse_pattern(pattern)
     if nm is not None:
         sparsity = pattern_sparsity(pattern, sparsity)  # refuses a contradicting --sparsity
@@ -66,11 +79,7 @@ def prune_command(
     data = load(dataset, **parse_options(option))
     net = build_model(model, data.input_shape, data.num_classes, seed=seed)
     callbacks = [sparsifier] + ([] if as_json else [RichProgress(console=err_console, description=method)])
-    result = Trainer(
-        net, data, callbacks=callbacks, epochs=epochs, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, schedule=schedule, seed=seed, device=device,
-    ).fit()
-    final = result.final
+    final = Trainer(net, data, callbacks=callbacks, **train).fit().final
     rows = sparsity_report(net, sparsifier.targets)
     if out is not None:
         save(net, out, metadata={
@@ -102,6 +111,90 @@ def prune_command(
     )
     if out is not None:
         console.print(f"weights and masks written to {out}")
+
+
+def _prune_channels(
+    criterion: str, amount: float, settings: dict, dataset: str, model: str, options: dict,
+    train: dict, out: Path | None, as_json: bool,
+) -> None:
+    """``prunus prune --pattern channels``: dense training, channel removal, optional fine-tuning
+    of the masked model (same function as the small one), report; ``--out`` writes the masked
+    weights in the full shapes (removed channels are zeros) so ``prunus evaluate`` reads them."""
+    import torch
+    from rich.table import Table
+
+    from prunus.cli import console, err_console
+    from prunus.datasets import load
+    from prunus.errors import PrunusError, choice_error
+    from prunus.models import build_model
+    from prunus.train import Trainer
+    from prunus.train.meter import measure_flops
+    from prunus.train.progress import RichProgress
+    from prunus.train.trainer import evaluate
+    from prunus.weights import save
+    from prunus.weights.masks import check_sparsity, plain_copy
+    from prunus.weights.structured import (
+        CHANNEL_CRITERIA,
+        channel_masks,
+        remove_channels,
+        shrink_report,
+    )
+
+    if criterion not in CHANNEL_CRITERIA:
+        raise choice_error("--method (with --pattern channels)", criterion, CHANNEL_CRITERIA)
+    amount = check_sparsity(amount, "--sparsity")
+    unknown = sorted(set(settings) - {"finetune"})
+    if unknown:
+        raise choice_error("--setting (with --pattern channels)", unknown[0], ["finetune"])
+    finetune = settings.get("finetune", 0)
+    if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 0:
+        raise PrunusError(f"--setting finetune must be a whole number of epochs >= 0 (got {finetune!r}).")
+    data = load(dataset, **options)
+    net = build_model(model, data.input_shape, data.num_classes, seed=train["seed"])
+    progress = [] if as_json else [RichProgress(console=err_console, description="dense")]
+    dense = Trainer(net, data, callbacks=progress, **train).fit().final
+    masked = plain_copy(net)
+    channel_masks(masked, amount, criterion, data, train["seed"])
+    if finetune:
+        progress = [] if as_json else [RichProgress(console=err_console, description="fine-tune")]
+        Trainer(masked, data, callbacks=progress, **{**train, "epochs": finetune}).fit()
+    small = remove_channels(masked)
+    device = next(small.parameters()).device
+    accuracy = evaluate(small, data.test, device=device)["accuracy"]
+    sample = torch.from_numpy(data.x[:8]).to(device)
+    flops = [measure_flops(m, sample)[0] for m in (net, small)]
+    rows = shrink_report(net, small)
+    if out is not None:
+        save(plain_copy(masked), out, metadata={
+            "method": criterion, "pattern": "channels", "sparsity": amount, "dataset": dataset,
+            "model": model, "seed": train["seed"], "accuracy": accuracy,
+            "dataset_options": json.dumps(options),
+        })
+    if as_json:
+        print(json.dumps({
+            "method": criterion, "pattern": "channels", "sparsity": amount, "finetune": finetune,
+            "dense_accuracy": dense.get("accuracy"), "accuracy": accuracy,
+            "params_dense": rows[-1]["params_before"], "params": rows[-1]["params_after"],
+            "forward_flops_dense": flops[0], "forward_flops": flops[1], "layers": rows,
+            "out": None if out is None else str(out),
+        }, default=str))
+        return
+    table = Table("layer", "shape", "params", title=f"channels removed by {criterion} at {amount:g}")
+    for r in rows:
+        shape = "" if r["before"] is None else (
+            "×".join(map(str, r["before"])) + " → " + "×".join(map(str, r["after"])))
+        table.add_row(r["layer"], shape, f"{r['params_before']:,} → {r['params_after']:,}",
+                      end_section=r is rows[-2])
+    console.print(table)
+    console.print(
+        f"test accuracy {100 * dense.get('accuracy', float('nan')):.2f}% dense → "
+        f"{100 * accuracy:.2f}% after removal"
+        + (f" and {finetune} fine-tuning epochs" if finetune else "")
+        + f"  ·  forward {flops[0] / 1e6:.2f} → {flops[1] / 1e6:.2f} MFLOPs per example",
+        highlight=False,
+    )
+    if out is not None:
+        console.print(f"weights written to {out} (removed channels as zeros, full shapes)")
 
 
 def evaluate_command(

@@ -197,6 +197,29 @@ def remove_channels(model: nn.Module) -> nn.Module:
     return small
 
 
+def shrink_report(before: nn.Module, after: nn.Module) -> list[dict]:
+    """Rows ``{"layer", "before", "after", "params_before", "params_after"}`` (weight shapes and
+    parameter counts) for every Linear/Conv layer of ``before`` found under the same name in
+    the smaller ``after`` (from :func:`prune_channels`), and a last row ``layer == "total"``
+    counting every parameter of both models."""
+    small = dict(after.named_modules())
+    rows = []
+    for name, layer in before.named_modules():
+        if isinstance(layer, _LAYERS) and isinstance(small.get(name), _LAYERS):
+            rows.append({
+                "layer": name, "before": list(layer.weight.shape),
+                "after": list(small[name].weight.shape),
+                "params_before": sum(p.numel() for p in layer.parameters()),
+                "params_after": sum(p.numel() for p in small[name].parameters()),
+            })
+    rows.append({
+        "layer": "total", "before": None, "after": None,
+        "params_before": sum(p.numel() for p in before.parameters()),
+        "params_after": sum(p.numel() for p in after.parameters()),
+    })
+    return rows
+
+
 # -- helpers -------------------------------------------------------------------------------
 
 
