@@ -111,8 +111,9 @@ def main() -> None:
 def print_table(store) -> None:
     """One row per arm: accuracy, the paired differences to random and to full data trained for
     the same compute, with the harness's verdicts (t-intervals, Holm, 5 seeds to decide)."""
-    from prunus.study.report import load_rows, verdict_word
+    from prunus.study.report import load_rows
     from prunus.study.stats import summarize
+    from prunus.study.verdicts import verdict_word
 
     arms = summarize(load_rows(store), ["full-1pp"])
     full = next((a for a in arms if a.is_full), None)

@@ -229,7 +229,7 @@ def test_online_arms_get_matched_baselines_that_wait_for_them():
 
 
 def test_percentage_points_never_show_a_negative_zero():
-    from prunus.study.report import pp
+    from prunus.study.formatting import pp
 
     assert pp(-0.0004) == "+0.0pp" and pp(-0.0006) == "\u22120.1pp" and pp(0.012) == "+1.2pp"
 

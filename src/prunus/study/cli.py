@@ -68,9 +68,10 @@ def recommend(
     from prunus.errors import PrunusError
     from prunus.study import StudyStore
     from prunus.study.config import TARGET_PATTERN
-    from prunus.study.report import answer, load_rows, study_margin
+    from prunus.study.report import load_rows
     from prunus.study.stats import recommend as choose
     from prunus.study.stats import summarize
+    from prunus.study.verdicts import answer, study_margin
 
     if target is not None and not TARGET_PATTERN.match(target):
         raise PrunusError(f"--target must look like 'full-1pp' or 'full-0.5pp' (got {target!r}).")
