@@ -22,7 +22,7 @@ from prunus.study.config import to_toml
 from prunus.study.store import TIMING_COLUMNS, atomic_write
 
 NASTY_NAME = "<script>alert('name')</script>"
-NASTY_LABEL = "mag <img src=x onerror=alert(1)>"
+NASTY_LABEL = "mag <script>alert('label')</script><img src=x onerror=alert(1)>"
 
 
 def blobs_file(folder: Path) -> Path:
@@ -248,7 +248,8 @@ def test_report_escapes_user_strings_and_is_self_contained(study):
     page = (root / "out" / "report.html").read_text()
     assert NASTY_NAME not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(&#x27;name&#x27;)&lt;/script&gt;" in page
-    assert "mag &lt;img src=x onerror=alert(1)&gt;" in page
+    assert ("mag &lt;script&gt;alert(&#x27;label&#x27;)&lt;/script&gt;"
+            "&lt;img src=x onerror=alert(1)&gt;, sparsity 50%") in page
     assert page.count("<script") == 1  # the sortable-table script, nothing else
     assert "http://" not in page and "https://" not in page
     assert page.count("data:image/png;base64,") >= 4
@@ -259,6 +260,56 @@ def test_report_escapes_user_strings_and_is_self_contained(study):
     loss = next(v for v in result.verdicts if v.startswith("loss-hardest"))
     assert "vs full [" in loss and "vs random [" in loss and "vs same compute [" in loss
     assert "score table paid in full" in loss and "amortised over the 2 runs" in loss
+
+
+def test_every_user_string_on_the_page_is_escaped(study):
+    """Setting names, policy names, run ids, failure reasons, score-table fields and versions
+    all reach the page escaped: the template's script is the only script."""
+    from prunus.study.page import render
+    from prunus.study.report import load_rows
+    from prunus.study.stats import summarize
+    from prunus.study.verdicts import verdict
+
+    root, _, _ = study
+    store = StudyStore(root / "out")
+    nasty = {k: f"<script>{k}()</script>" for k in ("setting", "policy", "run", "error",
+                                                     "table", "method", "version")}
+    rows = load_rows(store)
+    for r in rows:
+        r["setting"] = nasty["setting"]
+        r["run_id"] = nasty["run"] + r["run_id"]
+        if r["policy"].startswith("loss-hardest"):
+            r["policy"] = nasty["policy"]
+        if r["status"] != "ok":
+            r["error"] = nasty["error"]
+    config = store.read_config()
+    summaries = summarize(rows, config.targets)
+    metas = {nasty["table"]: {**next(iter(store.score_metas().values())),
+                              "method": nasty["method"]}}
+    page = render(config, rows, summaries, [verdict(s) for s in summaries],
+                  [f"use {nasty['policy']}"], metas, {"torch": nasty["version"]})
+    assert page.count("<script") == 1 and "<img src=x" not in page
+    for value in nasty.values():
+        assert value.replace("<", "&lt;").replace(">", "&gt;") in page, value
+
+
+def test_the_report_template_is_package_data():
+    """Every non-Python file of the package is matched by pyproject's package-data, so wheels
+    ship the report's template."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = data["package-data"]
+    package = root / "src" / "prunus"
+    files = [p for p in package.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert any(p.name == "report.html" for p in files)
+    for path in files:
+        inside = path.relative_to(root / "src")
+        owner = ".".join(inside.parent.parts[:2])  # the package the pattern is listed under
+        relative = path.relative_to(root / "src" / owner.replace(".", "/")).as_posix()
+        assert any(fnmatch.fnmatch(relative, g) for g in patterns.get(owner, [])), relative
 
 
 def test_report_command_rebuilds(study, capsys):
