@@ -225,3 +225,91 @@ def test_prune_pattern_channels_shrinks_the_model_and_evaluate_reads_it(tmp_path
     assert "--method (with --pattern channels) must be one of: l1, l2, random, taylor" in capsys.readouterr().err
     assert invoke("prune", *data, "--pattern", "chanels") == 2
     assert "--pattern must be unstructured, N:M such as 2:4, or channels" in capsys.readouterr().err
+
+
+# -- cached artefacts verified on every reuse -----------------------------------------------------
+
+
+def _swap(source, target) -> None:
+    """Put another cache's file and check record where ``target``'s belong."""
+    from prunus.files import CHECK_SUFFIX
+
+    for suffix in ("", CHECK_SUFFIX):
+        target.with_name(target.name + suffix).write_bytes(source.with_name(source.name + suffix).read_bytes())
+
+
+def test_cached_corpus_documents_are_verified_on_reuse(tmp_path, monkeypatch):
+    from prunus.text import corpus
+
+    monkeypatch.setenv("PRUNUS_CACHE_DIR", str(tmp_path / "cache"))
+    files = []
+    for i in range(2):
+        path = tmp_path / f"m{i}.py"
+        path.write_text(f"def f{i}(x):\n    return x + {i}\n\n\nclass C{i}:\n    pass\n" + "y = 1\n" * 30)
+        files.append((f"m{i}", path))
+    fresh = corpus.extract_documents(files, chunk_chars=80)
+    cache_file = corpus._cache_file(files, chunk_chars=80)
+    assert cache_file.exists() and corpus.extract_documents(files, chunk_chars=80) == fresh
+
+    cache_file.write_bytes(cache_file.read_bytes()[:-40])  # truncated
+    with pytest.warns(UserWarning, match="bytes changed since it was written.*rebuilding"):
+        assert corpus.extract_documents(files, chunk_chars=80) == fresh
+    corpus.extract_documents(files[:1], chunk_chars=80)
+    _swap(corpus._cache_file(files[:1], chunk_chars=80), cache_file)  # another corpus's cache
+    with pytest.warns(UserWarning, match="it was made for 'stdlib-documents-"):
+        assert corpus.extract_documents(files, chunk_chars=80) == fresh
+    cache_file.with_name(cache_file.name + ".check.json").unlink()
+    with pytest.warns(UserWarning, match="no readable check record"):
+        assert corpus.extract_documents(files, chunk_chars=80) == fresh
+    assert corpus.extract_documents(files, chunk_chars=80) == fresh  # rebuilt: a clean hit again
+
+
+def test_cached_embeddings_are_verified_on_reuse(tmp_path):
+    import warnings
+
+    from prunus.negatives import embeddings as emb
+
+    class Encoder:
+        calls = 0
+
+        def encode(self, texts):
+            Encoder.calls += 1
+            return np.array([[len(t), t.count("a") + 1.0] for t in texts])
+
+    model, texts = Encoder(), ["a", "banana", "cherry"]
+    want = emb.embed(model, texts, cache=tmp_path, model_key="m1")
+    emb.clear_memory_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(emb.embed(model, texts, cache=tmp_path, model_key="m1"), want)
+    assert Encoder.calls == 1
+    cached = next(tmp_path.glob("*.npy"))
+    np.save(cached, np.zeros_like(want))  # a valid .npy of the right shape, but not these rows
+    emb.clear_memory_cache()
+    with pytest.warns(UserWarning, match="bytes changed"):
+        assert np.array_equal(emb.embed(model, texts, cache=tmp_path, model_key="m1"), want)
+    assert Encoder.calls == 2
+    other = emb.embed(model, texts[:2], cache=tmp_path, model_key="m1")
+    _swap(tmp_path / f"{emb.texts_fingerprint(texts[:2], 'm1|document')}.npy", cached)
+    emb.clear_memory_cache()
+    with pytest.warns(UserWarning, match="it was made for"):
+        again = emb.embed(model, texts, cache=tmp_path, model_key="m1")
+    assert np.array_equal(again, want) and len(other) == 2
+
+
+def test_cached_tokenizer_is_verified_on_reuse(tmp_path, monkeypatch):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transformers")
+    from prunus.text.corpus import TextSplit
+    from prunus.text.tokenizer import tokenizer_cache_path, train_tokenizer
+
+    monkeypatch.setenv("PRUNUS_CACHE_DIR", str(tmp_path))
+    texts = [f"def f{i}(x):\n    return x * {i} + 'abc'\n" for i in range(40)]
+    split = TextSplit(np.arange(40), texts, ["m"] * 40)
+    first = train_tokenizer(split, vocab_size=300)
+    assert train_tokenizer(split, vocab_size=300).init_kwargs["prunus_cache"] == "hit"
+    path = tokenizer_cache_path(split.fingerprint, 300)
+    path.write_text(path.read_text().replace('"abc"', '"abd"', 1) + " ")
+    with pytest.warns(UserWarning, match="bytes changed"):
+        rebuilt = train_tokenizer(split, vocab_size=300)
+    assert rebuilt.init_kwargs["prunus_cache"] == "miss" and rebuilt.get_vocab() == first.get_vocab()

@@ -5,13 +5,21 @@ Every file prunus writes (score tables, selections, masks, caches, study rows) g
 directory, given the permissions the user's umask says (``mkstemp`` would leave 0600), then
 renamed onto the destination, so a reader never sees half a file and a failure leaves nothing.
 Commands call :func:`check_writable` on their outputs *before* training or scoring.
+
+Caches (parsed corpora, tokenizers, embedding matrices) are written with :func:`write_cache`,
+which records beside each file the key it was made for and a digest of its bytes, and reused
+only when :func:`cache_hit` finds both unchanged: a corrupted, truncated or swapped cache is
+rebuilt, with a warning saying so, never silently used.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +27,7 @@ from typing import Any
 from prunus.errors import PrunusError
 
 TEMP_PREFIX = ".tmp-"
+CHECK_SUFFIX = ".check.json"
 
 
 def default_mode() -> int:
@@ -93,19 +102,68 @@ def reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def write_cache(path: str | os.PathLike, write: Callable[[Path], Any], key: str) -> Path:
+    """:func:`atomic_write` a cache file, then beside it ``<name>.check.json`` recording
+    ``key`` (what the cache was made for), the file's size and its BLAKE2b digest."""
+    path = atomic_write(path, write)
+    record = json.dumps({"key": key, **_digest(path)})
+    atomic_write(path.with_name(path.name + CHECK_SUFFIX), lambda tmp: tmp.write_text(record))
+    return path
+
+
+def cache_hit(path: str | os.PathLike, key: str) -> bool:
+    """Whether the cache file at ``path`` may be reused for ``key``.
+
+    False when there is no file. When there is one but its check record is missing or
+    unreadable, names another key, or does not match the file's size and digest (a corrupted,
+    truncated or swapped cache), warns that the cache is rebuilt and returns False (the caller
+    rebuilds it and :func:`write_cache` replaces both files).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        record = json.loads(path.with_name(path.name + CHECK_SUFFIX).read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        problem = "it has no readable check record"
+    elif record.get("key") != key:
+        problem = f"it was made for {record.get('key')!r}, not {key!r}"
+    elif {"size": record.get("size"), "blake2b": record.get("blake2b")} != _digest(path):
+        problem = "its bytes changed since it was written (corrupted, truncated or replaced)"
+    else:
+        return True
+    warnings.warn(f"cache {str(path)!r} is not reused: {problem}; rebuilding it.", stacklevel=2)
+    return False
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "blake2b": digest.hexdigest()}
+
+
 def write_records(path: str | os.PathLike, records: list, columns: tuple[str, ...]) -> Path:
-    """Write dataclass-like ``records`` as a Parquet table with ``columns`` (a parse cache)."""
+    """Write dataclass-like ``records`` as a Parquet parse cache with ``columns``, checked by
+    :func:`read_records` (:func:`write_cache` keyed by the file's name, which carries the hash
+    of what was parsed)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.table({c: [getattr(r, c) for r in records] for c in columns})
-    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return write_cache(path, lambda tmp: pq.write_table(table, tmp), Path(path).name)
 
 
 def read_records(path: str | os.PathLike, make: Callable[..., Any],
-                 columns: tuple[str, ...]) -> list:
-    """The records :func:`write_records` wrote, rebuilt with ``make(*values)``."""
+                 columns: tuple[str, ...]) -> list | None:
+    """The records :func:`write_records` wrote, rebuilt with ``make(*values)``; None when there
+    is no cache or it fails :func:`cache_hit` (then it is to be rebuilt)."""
     import pyarrow.parquet as pq
 
+    if not cache_hit(path, Path(path).name):
+        return None
     table = pq.read_table(path).to_pydict()
     return [make(*values) for values in zip(*(table[c] for c in columns))]

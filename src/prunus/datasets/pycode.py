@@ -148,8 +148,9 @@ def extract_functions(
     """Every function and method (not nested in a function) of the selected stdlib files."""
     files = stdlib_files(modules)
     cache_file = _cache_file(files) if cache else None
-    if cache_file is not None and cache_file.exists():
-        return read_records(cache_file, FunctionRecord, _COLUMNS)
+    cached = None if cache_file is None else read_records(cache_file, FunctionRecord, _COLUMNS)
+    if cached is not None:
+        return cached
     records: list[FunctionRecord] = []
     for module, path in files:
         records.extend(functions_of_file(module, path))

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from prunus.files import atomic_write
+from prunus.files import cache_hit, write_cache
 from prunus.negatives.model import model_fingerprint
 
 _MEMORY: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -37,7 +37,9 @@ def embed(
         cache: True keeps embeddings in memory and under the user cache dir
             (``$PRUNUS_CACHE_DIR/embeddings``), a path caches there, False never caches.
             The key is the fingerprint of the model's weights, ``kind`` and every text, so a
-            fine-tuned model or a changed corpus never reuses stale embeddings.
+            fine-tuned model or a changed corpus never reuses stale embeddings; a cached file
+            is reused only if its check record (key, size, digest) matches, else it is
+            recomputed with a warning (:func:`prunus.files.cache_hit`).
         model_key: a precomputed fingerprint of ``model`` (saves hashing its weights again).
     """
     texts = list(texts)
@@ -52,7 +54,7 @@ def embed(
     path = None
     if key is not None:
         path = _cache_root(cache) / f"{key}.npy"
-        if path.exists():
+        if cache_hit(path, key):
             array = np.load(path, allow_pickle=False)
             _remember(key, array)
             return array
@@ -121,4 +123,4 @@ def _save(path: Path, array: np.ndarray) -> None:
         with open(tmp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
 
-    atomic_write(path, write)
+    write_cache(path, write, path.stem)

@@ -298,8 +298,9 @@ def extract_documents(
 ) -> list[SourceDocument]:
     """The documents of the given files, in file order then source position."""
     cache_file = _cache_file(files, chunk_chars) if cache else None
-    if cache_file is not None and cache_file.exists():
-        return read_records(cache_file, SourceDocument, _COLUMNS)
+    cached = None if cache_file is None else read_records(cache_file, SourceDocument, _COLUMNS)
+    if cached is not None:
+        return cached
     docs: list[SourceDocument] = []
     for module, path in files:
         docs.extend(documents_of_file(module, path, chunk_chars=chunk_chars))

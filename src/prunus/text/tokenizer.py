@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from prunus.errors import PrunusError, require
-from prunus.files import atomic_write
+from prunus.files import cache_hit, write_cache
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -73,13 +73,13 @@ def train_tokenizer(
     if not texts:
         raise PrunusError(f"split {split!r} is empty: there is nothing to train a tokenizer on.")
     path = tokenizer_cache_path(fingerprint, vocab_size, min_frequency) if cache else None
-    if path is not None and path.exists():
+    if path is not None and cache_hit(path, path.parent.name):
         return _wrap(str(path), "hit")
     raw = _train_bpe(texts, vocab_size, min_frequency)
     if path is None:
         wrapped = _wrap_object(raw, "off")
         return wrapped
-    atomic_write(path, lambda tmp: raw.save(str(tmp)))
+    write_cache(path, lambda tmp: raw.save(str(tmp)), path.parent.name)
     return _wrap(str(path), "miss")
 
 
