@@ -16,8 +16,7 @@ from prunus.study.formatting import is_fraction, metric_name, pct, unit_scale
 from prunus.study.stats import ArmSummary
 
 
-def figures(arms: list[ArmSummary], rows: Sequence[dict],
-            targets: Sequence[float | str] = ()) -> list[tuple[str, str]]:
+def figures(arms: list[ArmSummary], rows: Sequence[dict]) -> list[tuple[str, str]]:
     """(title, base64 PNG) of each figure for one setting; an arm has one colour in all."""
     import matplotlib
 

@@ -14,12 +14,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunus.study.figures import figures
 from prunus.study.formatting import interval, is_fraction, metric_name, pct, pp, ratio_text
 from prunus.study.stats import ArmSummary, Comparison, Estimate
 from prunus.study.verdicts import verdict_word, wins_text
+
+if TYPE_CHECKING:
+    from prunus.study.config import StudyConfig
 
 
 @functools.cache
@@ -30,7 +33,7 @@ def page_template() -> Template:
     return Template(path.read_text(encoding="utf-8"))
 
 
-def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: list[str],
+def render(config: StudyConfig, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: list[str],
            answers: list[str], score_metas: dict[str, dict], versions: dict[str, str],
            planned: int | None = None) -> str:
     """The whole HTML page as a string (``planned``: the grid's run count, when known)."""
@@ -59,7 +62,7 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
         if len(settings) > 1:
             sections.append(f"<h2>{e(setting)}</h2>")
         sections += setting_section([s for s, _ in by_setting[setting]],
-                                    [r for r in rows if r["setting"] == setting], config.targets)
+                                    [r for r in rows if r["setting"] == setting])
     sections += ["<h2>Score tables</h2>", score_table(score_metas),
                  "<h2>Failed runs</h2>", failed_table(failed),
                  "<h2>All runs</h2><details><summary>final row of every run</summary>",
@@ -69,7 +72,7 @@ def render(config, rows: Sequence[dict], summaries: list[ArmSummary], verdicts: 
         targets=e(", ".join(map(str, config.targets))), sections="\n".join(sections))
 
 
-def header(config, finals: list[dict], failed: list[dict], settings: list[str],
+def header(config: StudyConfig, finals: list[dict], failed: list[dict], settings: list[str],
            versions: dict[str, str], planned: int | None) -> list[str]:
     """The title, one line of what the study ran (with the package versions), and a warning
     when fewer runs finished than the grid planned."""
@@ -90,14 +93,13 @@ def header(config, finals: list[dict], failed: list[dict], settings: list[str],
     return parts
 
 
-def setting_section(arms: list[ArmSummary], rows: list[dict],
-                    targets: Sequence[float | str]) -> list[str]:
+def setting_section(arms: list[ArmSummary], rows: list[dict]) -> list[str]:
     """One setting's figures, summary table, metric table (retrieval or language-model
     settings) and time-to-target table."""
     e = html.escape
     parts = ["<h2>Figures</h2><div class=figs>"]
     if any(r["status"] == "ok" for r in rows):
-        for title, image in figures(arms, rows, targets):
+        for title, image in figures(arms, rows):
             parts.append(f"<figure><img alt=\"{e(title)}\" src=\"data:image/png;base64,"
                          f"{image}\"><figcaption>{e(title)}</figcaption></figure>")
     else:
