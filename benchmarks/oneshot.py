@@ -264,6 +264,10 @@ def llmcompressor(args) -> None:
 
     import torch
     from datasets import Dataset
+    from loguru import logger  # llm-compressor's logger: its per-layer lines would flood the tables
+
+    logger.disable("llmcompressor")
+    logger.disable("compressed_tensors")
 
     from prunus.text import evaluate_lm
     from prunus.weights import oneshot

@@ -154,19 +154,32 @@ def test_sequential_capture_equals_a_plain_forward_for_the_first_block(kind):
         torch.testing.assert_close(torch.diagonal(gram).double(), norms[lay.name], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind, name", [("llama", "model.layers.0.self_attn.q_proj"),
+                                        ("gpt", "transformer.h.0.attn.c_attn"),
+                                        ("bert", "encoder.layer.0.attention.self.query")])
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-def test_reported_error_of_a_first_layer_equals_the_gram_formula(method):
-    model = tiny("llama")
+def test_reported_error_of_a_first_layer_equals_the_gram_formula(kind, name, method):
+    # llama: no bias; gpt: Conv1D with bias; bert: bias and padded rows left out
+    model = tiny(kind)
+    with torch.no_grad():  # non-zero biases (initialised at zero), so that they count
+        for module in model.modules():
+            if isinstance(getattr(module, "bias", None), torch.Tensor):
+                module.bias.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(1))
     dense = copy.deepcopy(model)
-    batches = calibration("llama")
+    batches = calibration(kind)
     result = oneshot(model, batches, method=method)
-    name = "model.layers.0.self_attn.q_proj"
-    inputs = []
+    captured, inputs = [], []
     handle = dict(dense.named_modules())[name].register_forward_hook(
-        lambda m, i, o: inputs.append(i[0].reshape(-1, i[0].shape[-1])))
+        lambda m, i, o: captured.append(i[0]))
     with torch.no_grad():
         for b in batches:
-            dense(b, use_cache=False)
+            if isinstance(b, dict):
+                dense(**b)
+                x = captured.pop()[b["attention_mask"].bool()]
+            else:
+                dense(b, use_cache=False)
+                x = captured.pop()
+            inputs.append(x.reshape(-1, x.shape[-1]))
     handle.remove()
     x = torch.cat(inputs).double()
     row = next(r for r in result.layers if r.name == f"{name}.weight")

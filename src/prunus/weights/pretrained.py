@@ -535,7 +535,7 @@ def layer_statistics(block: nn.Module, layers: list[Layer], states: list[BlockIn
             entry[0] += (x * x).sum(0)
         entry[1] += x.shape[0]
 
-    _run_hooked(block, layers, states, current, lambda layer, x: accumulate(layer.name, x))
+    _run_hooked(block, layers, states, current, lambda layer, x, y: accumulate(layer.name, x))
     missing = [lay.name for lay in layers if lay.name not in stats]
     if missing:
         raise PrunusError(f"layer {missing[0]!r} was never called by its block's forward; "
@@ -544,18 +544,19 @@ def layer_statistics(block: nn.Module, layers: list[Layer], states: list[BlockIn
 
 
 def _run_hooked(block: nn.Module, layers: list[Layer], states: list[BlockInput], current: dict,
-                use: Callable[[Layer, torch.Tensor], None]) -> list[torch.Tensor]:
-    """Run the block on every batch with ``use(layer, x)`` called on each layer's real-token
-    inputs ``x`` (tokens, in) in float32; returns the block's outputs."""
+                use: Callable[[Layer, torch.Tensor, torch.Tensor], None]) -> list[torch.Tensor]:
+    """Run the block on every batch with ``use(layer, x, y)`` called on each layer's real-token
+    inputs ``x`` (tokens, in) and outputs ``y`` (tokens, out) in float32; returns the block's
+    outputs."""
     handles = []
 
     def make_hook(layer: Layer):
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-            x = inputs[0]
+            x, y = inputs[0], output
             mask = current.get("mask")
             if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
-                x = x[mask]
-            use(layer, x.reshape(-1, x.shape[-1]).float())
+                x, y = x[mask], y[mask]
+            use(layer, x.reshape(-1, x.shape[-1]).float(), y.reshape(-1, y.shape[-1]).float())
         return hook
 
     for layer in layers:
@@ -582,11 +583,12 @@ def propagate(block: nn.Module, states: list[BlockInput], layers: Sequence[Layer
     sums: dict[str, list[float]] = {}
     current: dict[str, Any] = {}
     measured = [lay for lay in layers if dense is not None and lay.name in dense]
+    biases = {lay.name: _bias(lay.module) for lay in measured}
 
-    def measure(layer: Layer, x: torch.Tensor) -> None:
-        weight = dense[layer.name]
-        delta = x @ (weight - layer.matrix()).t()
-        full = x @ weight.t()
+    def measure(layer: Layer, x: torch.Tensor, y: torch.Tensor) -> None:
+        # the pruned layer's own output y = ŴX + b spares a second product: WX − ŴX = (WX + b) − y
+        full = x @ dense[layer.name].t()
+        delta = full - (y if biases[layer.name] is None else y - biases[layer.name])
         entry = sums.setdefault(layer.name, [0.0, 0.0])
         entry[0] += float(delta.double().square().sum())
         entry[1] += float(full.double().square().sum())
@@ -635,6 +637,11 @@ def prune_layer(layer: Layer, gram: tuple[torch.Tensor, int], sparsity: float, m
     # the error is measured when the pruned block is re-run (see propagate)
     return LayerResult(layer.weight_name, block, tuple(layer.module.weight.shape),
                        float((~keep).sum()) / keep.numel(), math.nan, seconds)
+
+
+def _bias(module: nn.Module) -> torch.Tensor | None:
+    bias = getattr(module, "bias", None)
+    return None if bias is None else bias.detach().float()
 
 
 def _original(module: nn.Module) -> torch.Tensor:
