@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from prunus.errors import PrunusError
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
-ScheduleName = Literal["constant", "cosine", "step", "onecycle"]
+ScheduleName = Literal["constant", "cosine", "linear", "step", "onecycle"]
 
 
 class StrictModel(BaseModel):

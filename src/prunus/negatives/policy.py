@@ -158,39 +158,43 @@ def run_policy(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     out["mine_seconds"] = time.perf_counter() - t if len(negatives.T) else 0.0
     out["negatives_per_pair"] = float((negatives >= 0).sum() / max(len(positives), 1))
 
-    model = pretrained
-    if cfg.policy != "pretrained":
-        model = copy.deepcopy(pretrained)
+    def retrieval(model: Any) -> dict[str, Any]:
+        """Retrieval metrics of ``model`` on the evaluation sample."""
+        eval_q = doc_emb = None
+        if cfg.policy == "pretrained" or cfg.tune == "query":
+            doc_emb = eval_emb
+        if cfg.policy != "pretrained" and cfg.train_layers is not None:
+            top = TopLayers(model, cfg.train_layers, states)
+            split = dataset.split(cfg.eval_split).take(sample["eval_queries"])
+            eval_q = top.embed(split.queries, bs)
+            if doc_emb is None:
+                doc_emb = top.embed(eval_texts, bs)
+        return evaluate(
+            model, dataset, cfg.eval_split, query_rows=sample["eval_queries"],
+            corpus_rows=sample["eval_corpus"], document_embeddings=doc_emb,
+            query_embeddings=eval_q, batch_size=bs, cache=cfg.policy == "pretrained",
+        )
+
+    if cfg.policy == "pretrained":
+        t = time.perf_counter()
+        metrics = retrieval(pretrained)
+        out["eval_seconds"] = time.perf_counter() - t
+    else:
         pairs = TrainingPairs(train_split.queries, positives, negatives, pool_texts)
         guide = (query_emb, pool_emb) if cfg.policy == "mined-guided" else None
         trained = fine_tune(
-            model, pairs,
+            copy.deepcopy(pretrained), pairs,
             document_embeddings=pool_emb if cfg.tune == "query" else None,
             guide=guide, guide_margin=cfg.guide_margin, train_layers=cfg.train_layers,
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup,
-            scale=cfg.scale, seed=seed, states=states,
+            scale=cfg.scale, seed=seed, states=states, evaluation=retrieval,
         )
+        metrics = trained["metrics"]
         out.update(
             steps=trained["steps"], train_seconds=trained["seconds"],
-            loss_first=trained["loss_first"], loss_last=trained["loss_last"],
-            masked_per_anchor=trained["masked_per_anchor"],
+            eval_seconds=trained["eval_seconds"], loss_first=trained["loss_first"],
+            loss_last=trained["loss_last"], masked_per_anchor=trained["masked_per_anchor"],
         )
-    t = time.perf_counter()
-    eval_q = doc_emb = None
-    if cfg.policy == "pretrained" or cfg.tune == "query":
-        doc_emb = eval_emb
-    if cfg.policy != "pretrained" and cfg.train_layers is not None:
-        top = TopLayers(model, cfg.train_layers, states)
-        split = dataset.split(cfg.eval_split).take(sample["eval_queries"])
-        eval_q = top.embed(split.queries, bs)
-        if doc_emb is None:
-            doc_emb = top.embed(eval_texts, bs)
-    metrics = evaluate(
-        model, dataset, cfg.eval_split, query_rows=sample["eval_queries"],
-        corpus_rows=sample["eval_corpus"], document_embeddings=doc_emb, query_embeddings=eval_q,
-        batch_size=bs, cache=cfg.policy == "pretrained",
-    )
-    out["eval_seconds"] = time.perf_counter() - t
     out.update(metrics)
     out.update(train_pairs=len(positives), pool=len(pool))
     out["seconds"] = time.perf_counter() - started

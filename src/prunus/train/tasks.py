@@ -11,8 +11,8 @@ only, so data methods (RS2, InfoBatch, Selective Backprop, reweighting) and weig
 * :class:`Classification` (the default): logits, cross-entropy, accuracy; examples.
 * :class:`prunus.text.task.CausalLM`: per-sequence mean token loss, a token-level keep mask
   (Rho-1), perplexity (lower is better); tokens.
-* Contrastive retrieval (``prunus.negatives``) keeps its sentence-transformers loop, which
-  reports through the same meter fields; see that package.
+* :class:`prunus.negatives.train.Contrastive`: a row is (query, positive, mined negatives),
+  the multiple-negatives ranking loss per query, nDCG@10 / MRR@10 (higher is better); pairs.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ class Task:
     def tensors(self, dataset: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` of every training row on ``device`` (a batch indexes into them)."""
         raise NotImplementedError
+
+    def train_mode(self, model: nn.Module) -> None:
+        """Put ``model`` in training mode before an epoch's steps (default: every module)."""
+        model.train()
 
     def forward(self, model: nn.Module, state: Any) -> torch.Tensor:
         """The model's output on ``state.batch`` (kept in ``state.outputs``)."""

@@ -190,7 +190,7 @@ class Trainer:
                     if state.epoch_weights is None
                     else torch.as_tensor(state.epoch_weights, dtype=torch.float32, device=device)
                 )
-                model.train()
+                self.task.train_mode(model)
                 for start in range(0, len(rows), cfg.batch_size):
                     idx = rows[start : start + cfg.batch_size]
                     weights = None if weights_all is None else weights_all[start : start + cfg.batch_size]
@@ -301,7 +301,8 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     """Multiplier of the base LR at ``step`` of ``total`` for the configured schedule.
 
     constant: 1 after warmup. cosine: linear warmup, then cosine to 0. step: ×gamma every
-    ``step_size`` of training. onecycle: linear warmup from 1/25, then cosine to ~0.
+    ``step_size`` of training. onecycle: linear warmup from 1/25, then cosine to ~0. linear:
+    linear warmup, then linear decay to 0 (sentence-transformers' ``WarmupLinear``).
     """
     warm = int(cfg.warmup * total)
     if cfg.schedule == "onecycle":
@@ -314,9 +315,11 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
         return (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
+    progress = (step - warm) / max(total - warm, 1)
     if cfg.schedule == "cosine":
-        progress = (step - warm) / max(total - warm, 1)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if cfg.schedule == "linear":
+        return max(0.0, 1.0 - progress)
     period = max(int(cfg.step_size * total), 1)
     return cfg.gamma ** (step // period)
 
