@@ -148,6 +148,11 @@ def test_rho1_keeps_the_top_tokens_of_each_batch(tmp_path):
         expected += fraction_count(0.6, int(real[rows].sum()))
     assert rho1.kept == expected == trainer.token_state.meter.tokens_with_grad
     assert rho1.seen == 2 * int(real.sum())
+    # the token policies saw the loop's one State type, with the last batch's example ids
+    from prunus.train import State
+
+    state = trainer.token_state
+    assert isinstance(state, State) and state.batch.ids.tolist() == rows
 
 
 # --------------------------------------------------------------------------- weight policies

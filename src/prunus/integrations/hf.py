@@ -42,6 +42,7 @@ from prunus.errors import PrunusError, require
 from prunus.integrations._bridge import PolicyRunner, SelectionSampler, rows_of_ids, steps_per_epoch
 from prunus.train.events import Callback as PrunusPolicy
 from prunus.train.events import Event, EventDispatcher
+from prunus.train.trainer import Batch, State
 
 transformers = require("transformers", "lm")
 
@@ -238,7 +239,7 @@ class PrunusTrainer(transformers.Trainer):
         losses, targets = token_losses(model, ids, mask)
         if "labels" in inputs:
             targets = targets & (inputs["labels"][:, 1:] != -100)
-        state.input_ids, state.attention_mask = ids, mask
+        state.batch = Batch(self.runner.state.batch.ids, ids, mask)
         state.token_losses, state.target_mask, state.keep = losses, targets, targets
         self._token_fire(Event.AFTER_FORWARD, state)
         keep = state.keep & targets
@@ -250,12 +251,17 @@ class PrunusTrainer(transformers.Trainer):
         return state.loss
 
     def _token_start(self, model):
+        """The token policies' :class:`~prunus.train.trainer.State` (the runner's rows and
+        settings, an :class:`~prunus.text.train.LMMeter`), created at the first step."""
         if self.token_state is None:
-            from prunus.text.train import LMMeter, LMState
+            from prunus.text.task import CausalLM
+            from prunus.text.train import LMMeter
 
-            self.token_state = LMState(
-                model=model, optimizer=self.optimizer, meter=LMMeter(),
-                total_steps=max(int(self.state.max_steps), 1),
+            rows = self.runner.state
+            self.token_state = State(
+                model=model, train=rows.train, eval=None, config=rows.config,
+                device=rows.device, meter=LMMeter(), optimizer=self.optimizer,
+                total_steps=max(int(self.state.max_steps), 1), task=CausalLM(),
             )
             self._token_fire(Event.FIT_START, self.token_state)
         return self.token_state

@@ -83,15 +83,6 @@ def rho1_loss(
     return loss, keep
 
 
-def _inputs(state) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` of the step: the loop's batch, or the fields a loop
-    outside prunus sets (``prunus.integrations``)."""
-    batch = getattr(state, "batch", None)
-    if batch is not None:
-        return batch.x, batch.y
-    return state.input_ids, state.attention_mask
-
-
 class Rho1(Callback):
     """A :func:`prunus.text.train.train_lm` callback: after each forward pass, score the batch
     with the reference model (no gradient) and keep the top ``keep_fraction`` of real targets
@@ -120,7 +111,7 @@ class Rho1(Callback):
 
     def on_after_forward(self, state) -> None:
         meter = state.meter
-        input_ids, attention_mask = _inputs(state)
+        input_ids, attention_mask = state.batch.x, state.batch.y
         with meter.timing("scoring"), torch.no_grad():
             reference, _ = token_losses(self.reference, input_ids, attention_mask)
         meter.charge_forward("reference", int(attention_mask.sum()), self._n_params or 0)

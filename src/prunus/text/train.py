@@ -47,7 +47,6 @@ __all__ = [
     "SCHEDULES",
     "LMMeter",
     "LMResult",
-    "LMState",
     "evaluate_lm",
     "lm_loss",
     "non_embedding_parameters",
@@ -131,29 +130,7 @@ def non_embedding_parameters(model: nn.Module) -> int:
     return total
 
 
-# --------------------------------------------------------------------------- state/result
-
-
-@dataclass
-class LMState:
-    """The mutable state callbacks see."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    meter: LMMeter
-    total_steps: int
-    step: int = 0
-    tokens: int = 0
-    input_ids: torch.Tensor | None = None
-    attention_mask: torch.Tensor | None = None
-    token_doc_ids: torch.Tensor | None = None
-    token_losses: torch.Tensor | None = None
-    target_mask: torch.Tensor | None = None
-    keep: torch.Tensor | None = None
-    weights: torch.Tensor | None = None
-    loss: torch.Tensor | None = None
-    evaluation: dict[str, float] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+# --------------------------------------------------------------------------- result
 
 
 @dataclass
