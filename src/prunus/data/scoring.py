@@ -121,6 +121,9 @@ def score(
     method_options: dict[str, Any] | None = None,
     model_options: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
     **train_settings: Any,
 ) -> ScoreTable:
     """Score every training example of ``dataset`` with short proxy runs, averaged over seeds.
@@ -155,6 +158,13 @@ def score(
             registered with their own settings).
         model_options: keyword options of the model factory.
         progress: optional ``progress(completed, total, description)``, units are examples.
+        executor: ``"local"`` (this process) or ``"ray"``: proxies trained as Ray tasks (one per
+            seed, in parallel), then the dataset scored as a ``ray.data`` map over shards by
+            actors holding the proxies (:mod:`prunus.data.distributed`); the same table, bit
+            for bit on CPU. Default ``"local"``.
+        address: ``executor="ray"`` only: the cluster to join (``host:port``; default the
+            ``RAY_ADDRESS`` environment variable, else a Ray instance started in this process).
+        workers: ``executor="ray"`` only: scoring actors (default: the cluster's CPUs).
         **train_settings: any other :class:`prunus.config.TrainConfig` field (``lr``,
             ``optimizer``, ``schedule``, ``device``...).
 
@@ -164,8 +174,11 @@ def score(
         and scoring forward/backward passes, from ``torch.utils.flop_counter``).
 
     Raises:
-        PrunusError: unknown ``method`` or ``kind``, bad ``seeds``/``epochs``/``proxy_fraction``,
-            too few epochs for a trajectory method, or bad training settings.
+        PrunusError: unknown ``method``, ``kind`` or ``executor``, bad
+            ``seeds``/``epochs``/``proxy_fraction``, too few epochs for a trajectory method, bad
+            training settings, or (Ray) an unreachable ``address`` or a worker whose prunus
+            version differs.
+        MissingExtraError: ``executor="ray"`` without Ray installed.
     """
     from prunus.config import TrainConfig, validated
 
@@ -204,20 +217,28 @@ def score(
     n = len(dataset)
     details: dict[str, Any] = {}
     if info.needs == "proxies":
+        if executor == "ray":
+            raise PrunusError(f"score method {method!r} trains its own proxies and runs only "
+                              f"with executor='local'.")
         columns, directions, cost, details = _own_proxies(
             dataset, model, info, seeds, proxy_epochs, config, options, model_options, progress)
     else:
         scoring_units = 0 if info.needs == "trajectory" else n
         tracker = _Tracker(progress, len(seeds) * (proxy_epochs * n + scoring_units))
-        per_seed: list[np.ndarray] = []
-        costs: list[dict[str, float]] = []
-        for seed in seeds:
-            values, seed_cost = _score_one_seed(
-                dataset, model, info, seed, proxy_epochs, config, score_batch_size,
-                options, model_options or {}, tracker,
-            )
-            per_seed.append(values)
-            costs.append(seed_cost)
+        job = ScoringJob(model, info, proxy_epochs, config, score_batch_size, options,
+                         model_options or {})
+        if executor == "ray":
+            from prunus.data.distributed import score_on_ray
+
+            per_seed, costs = score_on_ray(dataset, job, seeds, tracker, address=address,
+                                           workers=workers)
+        else:
+            per_seed, costs = [], []
+            for seed in seeds:
+                proxy = train_proxy(dataset, job, seed, tracker)
+                values, seed_cost = score_with_proxy(proxy, dataset, job, tracker)
+                per_seed.append(values)
+                costs.append(seed_cost)
         columns = {column: np.mean(per_seed, axis=0)}
         if len(seeds) > 1:
             columns.update({f"{column}_seed{s}": v for s, v in zip(seeds, per_seed)})
@@ -290,68 +311,90 @@ def _own_proxies(dataset, model, info: MethodInfo, seeds, epochs, config, option
     return columns, directions, cost, details
 
 
-def _score_one_seed(
-    dataset: Dataset,
-    model: str | nn.Module,
-    info: MethodInfo,
-    seed: int,
-    proxy_epochs: int,
-    config,
-    score_batch_size: int,
-    options: dict[str, Any],
-    model_options: dict[str, Any],
-    tracker: _Tracker,
-) -> tuple[np.ndarray, dict[str, float]]:
+@dataclass(frozen=True)
+class ScoringJob:
+    """What every seed of one ``score()`` call shares: the proxy model and how it is trained
+    and scored (picklable, so that Ray tasks and actors can receive it)."""
+
+    model: str | nn.Module
+    info: MethodInfo
+    proxy_epochs: int
+    config: Any  # TrainConfig
+    score_batch_size: int
+    options: dict[str, Any]
+    model_options: dict[str, Any]
+
+
+@dataclass
+class Proxy:
+    """A trained proxy: the model (on the training device), its seed, what training cost, and
+    the trajectory recorder of trajectory methods (None otherwise)."""
+
+    net: nn.Module
+    seed: int
+    meter: Any  # ComputeMeter
+    accuracy: float | None
+    recorder: Any = None
+
+
+def train_proxy(dataset: Dataset, job: ScoringJob, seed: int, tracker: _Tracker) -> Proxy:
+    """Build ``job.model`` for ``seed`` and train it for ``job.proxy_epochs`` epochs (on the
+    schedule of the full run); trajectory methods record while it trains."""
     from prunus.models import build_model
     from prunus.train import ComputeMeter, Trainer
     from prunus.train.trainer import resolve_device
 
-    if isinstance(model, nn.Module):
-        net = copy.deepcopy(model)
+    info = job.info
+    if isinstance(job.model, nn.Module):
+        net = copy.deepcopy(job.model)
     else:
-        net = build_model(model, dataset.input_shape, dataset.num_classes, seed=seed, **model_options)
-    recorder = _call(info.fn, options, seed) if info.needs == "trajectory" else None
+        net = build_model(job.model, dataset.input_shape, dataset.num_classes, seed=seed,
+                          **job.model_options)
+    recorder = _call(info.fn, job.options, seed) if info.needs == "trajectory" else None
     meter = ComputeMeter()
     accuracy = None
-    if proxy_epochs > 0:
-        callbacks = [c for c in (recorder, _StopAfter(proxy_epochs), _TrainProgress(tracker, seed)) if c]
-        trainer = Trainer(net, dataset, callbacks=callbacks, config=config, seed=seed)
+    if job.proxy_epochs > 0:
+        callbacks = [c for c in (recorder, _StopAfter(job.proxy_epochs), _TrainProgress(tracker, seed)) if c]
+        trainer = Trainer(net, dataset, callbacks=callbacks, config=job.config, seed=seed)
         result = trainer.fit()
         meter = result.meter
         accuracy = result.final.get("accuracy")
         net = result.model
     else:
-        net = net.to(resolve_device(config.device))
-    tracker.describe(f"seed {seed}: scoring")
+        net = net.to(resolve_device(job.config.device))
+    return Proxy(net, seed, meter, accuracy, recorder)
+
+
+def score_with_proxy(
+    proxy: Proxy, dataset: Dataset, job: ScoringJob, tracker: _Tracker
+) -> tuple[np.ndarray, dict[str, float]]:
+    """One seed's scores of every example, and what the seed cost (:func:`proxy_cost`)."""
+    tracker.describe(f"seed {proxy.seed}: scoring")
     start = time.perf_counter()
-    values = _static_scores(net, dataset, info, seed, score_batch_size, options, recorder, tracker)
-    scoring_seconds = time.perf_counter() - start
-    cost = {
-        "seed": seed,
+    values = score_examples(proxy, dataset, job, tracker.advance)
+    return values, proxy_cost(proxy, dataset, job, time.perf_counter() - start)
+
+
+def proxy_cost(proxy: Proxy, dataset: Dataset, job: ScoringJob, scoring_seconds: float) -> dict[str, Any]:
+    """A seed's cost entry: proxy training seconds and FLOPs (from its meter), the seconds the
+    scoring pass took, and the FLOPs of that pass."""
+    meter = proxy.meter
+    return {
+        "seed": proxy.seed,
         "train_seconds": meter.seconds.get("train", 0.0),
         "eval_seconds": meter.seconds.get("eval", 0.0),
         "scoring_seconds": scoring_seconds,
-        "flops": meter.flops + _scoring_flops(net, dataset, info, meter),
-        "proxy_test_accuracy": accuracy,
+        "flops": meter.flops + _scoring_flops(proxy.net, dataset, job.info, meter),
+        "proxy_test_accuracy": proxy.accuracy,
     }
-    return values, cost
 
 
-def _call(fn: Callable[..., Any], kwargs: dict[str, Any], seed: int, *args: Any) -> Any:
-    """``fn(*args, **kwargs)``, with ``seed=`` too when ``fn`` takes a ``seed`` keyword."""
-    try:
-        parameters = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        parameters = {}
-    if "seed" in parameters and "seed" not in kwargs:
-        kwargs = {**kwargs, "seed": seed}
-    return fn(*args, **kwargs)
-
-
-def _static_scores(net, dataset, info: MethodInfo, seed, batch_size, options, recorder, tracker) -> np.ndarray:
-    if recorder is not None:
-        return np.asarray(recorder.scores(), dtype=np.float64)
-    advance = tracker.advance
+def score_examples(proxy: Proxy, dataset: Dataset, job: ScoringJob, advance: Callable[[int], None]) -> np.ndarray:
+    """The scores of ``dataset``'s examples under a trained proxy (float64, aligned to ids)."""
+    info, seed, batch_size, options = job.info, proxy.seed, job.score_batch_size, job.options
+    if proxy.recorder is not None:
+        return np.asarray(proxy.recorder.scores(), dtype=np.float64)
+    net = proxy.net
     if info.needs == "embeddings":
         from prunus.data.scores.prototypes import embeddings
 
@@ -366,6 +409,17 @@ def _static_scores(net, dataset, info: MethodInfo, seed, batch_size, options, re
             f"(got {values.shape})."
         )
     return values
+
+
+def _call(fn: Callable[..., Any], kwargs: dict[str, Any], seed: int, *args: Any) -> Any:
+    """``fn(*args, **kwargs)``, with ``seed=`` too when ``fn`` takes a ``seed`` keyword."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        parameters = {}
+    if "seed" in parameters and "seed" not in kwargs:
+        kwargs = {**kwargs, "seed": seed}
+    return fn(*args, **kwargs)
 
 
 def _scoring_flops(net, dataset, info: MethodInfo, meter) -> float:
