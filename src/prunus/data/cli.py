@@ -50,6 +50,9 @@ def score_command(
         None, "--model-option", "-m", help="model factory name=value (e.g. width=32)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print the table's metadata as JSON"),
+    executor: str = typer.Option("local", help="local or ray (proxies as Ray tasks, shards on Ray actors)"),
+    address: str | None = typer.Option(None, help="ray: the cluster's host:port (default: RAY_ADDRESS, else Ray in this process)"),
+    workers: int | None = typer.Option(None, min=1, help="ray: scoring actors (default: the cluster's CPUs)"),
 ) -> None:
     """Score every training example with short proxy runs and write a Parquet score table."""
     from rich.progress import (
@@ -70,6 +73,10 @@ def score_command(
         raise choice_error("--method", method, SCORES.names())
     if out.suffix != ".parquet":
         raise PrunusError(f"--out must end in .parquet (got {str(out)!r}).")
+    if executor not in ("local", "ray"):
+        raise choice_error("--executor", executor, ("local", "ray"))
+    if executor == "local" and (address is not None or workers is not None):
+        raise PrunusError("--address and --workers need --executor ray.")
     check_writable(out)
     data = load(dataset, noise=noise, **parse_options(option))
     settings = {"device": device}
@@ -94,7 +101,8 @@ def score_command(
             proxy_fraction=proxy_fraction, seeds=list(range(seeds)), batch_size=batch_size,
             kind=kind, clusters=clusters, window=window,
             model_options=parse_options(model_option, "--model-option"),
-            progress=None if progress is None else report, **settings,
+            progress=None if progress is None else report, executor=executor,
+            address=address, workers=workers, **settings,
         )
     finally:
         if progress is not None:

@@ -183,6 +183,10 @@ def score(
     from prunus.config import TrainConfig, validated
 
     info = method_info(method)
+    if executor not in ("local", "ray"):
+        raise choice_error("executor", executor, ("local", "ray"))
+    if executor == "local" and (address is not None or workers is not None):
+        raise PrunusError("address and workers need executor='ray'.")
     seeds = _check_seeds(seeds)
     proxy_epochs = _proxy_epochs(epochs, proxy_fraction, full_epochs)
     if proxy_epochs < info.min_epochs:
