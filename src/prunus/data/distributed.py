@@ -89,19 +89,20 @@ def check_reachable(address: str, field: str = "address") -> None:
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        reason = (f"no answer within {CONNECT_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError)
+                  else (exc.strerror or str(exc)).lower())
         raise PrunusError(
-            f"{field} {address!r}: no Ray cluster answers there ({reason.lower()} within "
-            f"{CONNECT_TIMEOUT_S:.0f} s); start one with 'ray start --head' or pass the "
-            f"address it printed."
+            f"{field} {address!r}: no Ray cluster answers there ({reason}); start one with "
+            f"'ray start --head' or pass the address it printed."
         ) from None
 
 
 def check_versions(ray: Any) -> None:
     """Run a probe on every alive node and raise a PrunusError naming the first node whose
     prunus version differs from this process's (or that cannot import prunus)."""
-    import prunus
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    import prunus
 
     def probe_version() -> str | None:  # nested: shipped by value, so it runs without prunus
         try:

@@ -28,6 +28,11 @@ def study(
     executor: Annotated[str | None, typer.Option(help="local or ray (default: the config's)")] = None,
     workers: Annotated[int | None, typer.Option(help="runs at once (local: a process pool)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
+    address: Annotated[str | None, typer.Option(
+        help="ray: the cluster's host:port (default: the config's ray_address, else RAY_ADDRESS, "
+             "else Ray in this process)")] = None,
+    cpus_per_run: Annotated[float | None, typer.Option(help="ray: CPUs each run requests (default 1)")] = None,
+    gpus_per_run: Annotated[float | None, typer.Option(help="ray: GPUs each run requests (default 0)")] = None,
 ) -> None:
     """Run a study: every policy against full data and random baselines, over seeds; writes
     runs.parquet, scores/ and report.html to --out, then prints the verdicts."""
@@ -35,8 +40,12 @@ def study(
 
     cfg = load_config(config)
     out = out or Path("studies") / safe_name(cfg.name)
+    cluster = {"address": address, "cpus_per_run": cpus_per_run, "gpus_per_run": gpus_per_run}
+    again = "".join(f" --{k.replace('_', '-')} {shell(str(v))}" for k, v in
+                    {"executor": executor, **cluster}.items() if v is not None)
     run_and_print(cfg, out, resume, executor, workers, quiet,
-                  resume_command=f"prunus study {shell(config)} --out {shell(out)} --resume")
+                  resume_command=f"prunus study {shell(config)} --out {shell(out)} --resume{again}",
+                  **cluster)
 
 
 def report(
@@ -139,7 +148,7 @@ def demo(
 
 
 def run_and_print(cfg, out: Path, resume: bool, executor: str | None, workers: int | None,
-                  quiet: bool, resume_command: str = "") -> None:
+                  quiet: bool, resume_command: str = "", **cluster) -> None:
     """Run the study and print its answer; exit 1 when it answers nothing (every run, or
     every score table, failed) and 130 when interrupted (saying how to resume)."""
     from rich.markup import escape
@@ -150,7 +159,7 @@ def run_and_print(cfg, out: Path, resume: bool, executor: str | None, workers: i
 
     try:
         result = run_study(cfg, out, resume=resume, executor=executor, workers=workers,
-                           progress=not quiet, console=err_console)
+                           progress=not quiet, console=err_console, **cluster)
     except StudyInterrupted as stop:
         where = (f"; the report ({stop.report}) covers only those" if stop.report else "")
         err_console.print(

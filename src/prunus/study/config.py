@@ -255,12 +255,16 @@ LABEL_SELECTS = ("remove_issues", "relabel_issues")
 
 
 class ExecutionConfig(StrictModel):
-    """Where runs execute. ``workers`` > 1 uses a process pool; ``threads`` per run (0: auto)."""
+    """Where runs execute. ``workers`` > 1 uses a process pool; ``threads`` per run (0: auto).
+    On Ray (``executor = "ray"``, cluster ``ray_address``) each run is a task requesting
+    ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs."""
 
     executor: Literal["local", "ray"] = "local"
     workers: int = Field(1, ge=1)
     threads: int = Field(0, ge=0)
     ray_address: str | None = None
+    cpus_per_run: float = Field(1.0, gt=0)
+    gpus_per_run: float = Field(0.0, ge=0)
 
 
 class StudyConfig(StrictModel):

@@ -73,23 +73,27 @@ class InlineExecutor(Executor):
 
 
 def make_backend(kind: str, workers: int, threads: int, on_event: Callable,
-                 ray_address: str | None = None) -> Backend:
+                 ray_address: str | None = None, cpus: float = 1.0, gpus: float = 0.0) -> Backend:
     """Build the executor for ``--executor kind --workers N``.
 
     Args:
         kind: ``local`` (in this process when ``workers`` is 1, else a spawn process pool) or
             ``ray`` (one Ray task per run; local ``ray.init`` unless ``ray_address`` or the
             ``RAY_ADDRESS`` environment variable names a cluster).
-        workers: tasks run at once.
+        workers: tasks run at once (on a cluster: as many as its CPUs allow, see
+            :func:`ray_backend`).
         threads: torch threads per task; 0 means: leave torch alone in-process, and share the
             machine's cores evenly among pool workers.
         on_event: progress callback ``on_event(event, info)`` for in-process runs.
+        ray_address: ``ray`` only: the cluster's ``host:port``.
+        cpus, gpus: ``ray`` only: the resources each task requests. Default 1 CPU, no GPU.
 
     Raises:
         MissingExtraError: ``ray`` is asked for but not installed.
+        PrunusError: an unreachable ``ray_address`` or a node with another prunus version.
     """
     if kind == "ray":
-        return ray_backend(workers, threads, ray_address)
+        return ray_backend(workers, threads, ray_address, cpus, gpus)
     if kind != "local":
         raise PrunusError(f"--executor must be one of: local, ray (got {kind!r}).")
     if workers == 1:
@@ -162,31 +166,53 @@ def watch_parent(parent: int, interval: float = PARENT_POLL_SECONDS) -> None:
             os._exit(1)
 
 
-def ray_backend(workers: int, threads: int, address: str | None) -> Backend:
-    """Ray tasks, one per run or score table; results come back to this process to be stored."""
+def ray_backend(workers: int, threads: int, address: str | None, cpus: float = 1.0,
+                gpus: float = 0.0) -> Backend:
+    """Ray tasks, one per run or score table, each requesting ``cpus`` CPUs and ``gpus`` GPUs;
+    results come back to this process to be stored. Joining a cluster
+    (:func:`prunus.data.distributed.connect`) fails within seconds when the address does not
+    answer and names any node whose prunus version differs. On a cluster as many tasks are kept
+    in flight as its CPUs (and GPUs, when requested) hold; Ray started here gets ``workers``
+    CPUs' worth. A task whose worker dies is retried by Ray (``max_retries``); when this driver
+    dies its tasks end with it, and a resume reruns only the runs not stored."""
+    from prunus.data.distributed import connect
+
     ray = require("ray", "ray")
-    address = address or os.environ.get("RAY_ADDRESS")
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, log_to_driver=False, include_dashboard=False)
-        started = True
-    capacity = max(workers, 1) if not address else max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    executor = RayExecutor(ray)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    started = connect(address, num_cpus=None if address else max(1, round(workers * cpus)),
+                      field="--address")
+    resources = ray.cluster_resources()
+    capacity = max(workers, 1)
+    if address:
+        capacity = int(resources.get("CPU", 1) // cpus)
+        if gpus:
+            capacity = min(capacity, int(resources.get("GPU", 0) // gpus))
+        if capacity < 1:
+            if started:
+                ray.shutdown()
+            raise PrunusError(
+                f"the Ray cluster at {address!r} has {resources.get('CPU', 0):g} CPUs and "
+                f"{resources.get('GPU', 0):g} GPUs, too few for one run requesting {cpus:g} CPUs "
+                f"and {gpus:g} GPUs; lower execution.cpus_per_run / gpus_per_run."
+            )
+    executor = RayExecutor(ray, cpus, gpus)
     closers = [ray.shutdown] if started else []
-    return Backend(executor, capacity, threads or 1, _closers=closers)
+    return Backend(executor, capacity, threads or max(1, int(cpus)), _closers=closers)
+
+
+RAY_TASK_RETRIES = 3
 
 
 class RayExecutor(Executor):
-    """``submit`` sends the function to Ray as a task and returns a plain ``Future``."""
+    """``submit`` sends the function to Ray as a task requesting ``cpus`` CPUs and ``gpus``
+    GPUs, retried if its worker dies, and returns a plain ``Future``."""
 
-    def __init__(self, ray: Any) -> None:
+    def __init__(self, ray: Any, cpus: float = 1.0, gpus: float = 0.0) -> None:
         self.ray = ray
+        self.options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": RAY_TASK_RETRIES}
         self._remote: dict[Callable, Any] = {}
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         if fn not in self._remote:
-            self._remote[fn] = self.ray.remote(num_cpus=1)(fn)
+            self._remote[fn] = self.ray.remote(**self.options)(fn)
         return self._remote[fn].remote(*args, **kwargs).future()

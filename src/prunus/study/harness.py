@@ -104,6 +104,9 @@ def run_study(
     workers: int | None = None,
     progress: bool = True,
     console: Console | None = None,
+    address: str | None = None,
+    cpus_per_run: float | None = None,
+    gpus_per_run: float | None = None,
 ) -> StudyResult:
     """Run every run of a study that is not finished yet, then write ``report.html``.
 
@@ -114,6 +117,9 @@ def run_study(
         executor: ``local`` or ``ray`` (default: the config's ``execution.executor``).
         workers: runs at once (default: the config's ``execution.workers``).
         progress: show a Rich progress display (runs, epochs, ETA) on ``console``.
+        address, cpus_per_run, gpus_per_run: ``ray`` only: the cluster and each run's resource
+            request (default: the config's ``execution.ray_address`` / ``cpus_per_run`` /
+            ``gpus_per_run``).
 
     Raises:
         PrunusError: bad config, unusable ``out``, a missing extra, or a store write failing.
@@ -128,6 +134,14 @@ def run_study(
         raise PrunusError(f"--executor must be one of: local, ray (got {executor!r}).")
     if workers < 1:
         raise PrunusError(f"--workers must be at least 1 (got {workers}).")
+    address = address or execution.ray_address
+    cpus = execution.cpus_per_run if cpus_per_run is None else cpus_per_run
+    gpus = execution.gpus_per_run if gpus_per_run is None else gpus_per_run
+    if executor != "ray" and (address or cpus_per_run is not None or gpus_per_run is not None):
+        raise PrunusError("--address, --cpus-per-run and --gpus-per-run need --executor ray.")
+    if cpus <= 0 or gpus < 0:
+        raise PrunusError(f"--cpus-per-run must be above 0 and --gpus-per-run at least 0 "
+                          f"(got {cpus:g} and {gpus:g}).")
 
     datasets = {d.display: load_dataset(d.model_dump()) for d in config.datasets}
     check_models_fit(config, datasets)
@@ -147,8 +161,8 @@ def run_study(
     pending_jobs = [job for job in jobs if job.key in needed and job.key not in scores]
 
     display = StudyProgress(console or Console(stderr=True), enabled=progress)
-    backend = make_backend(executor, workers, execution.threads, display.event,
-                           execution.ray_address)
+    backend = make_backend(executor, workers, execution.threads, display.event, address, cpus,
+                           gpus)
     display.start(todo, pending_jobs, already=len(runs) - len(todo))
     failed_scores: dict[str, str] = {}
     try:
