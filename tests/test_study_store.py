@@ -375,3 +375,22 @@ def test_report_opens_in_chromium_without_errors(study, browser, tmp_path):
     not_white = (pixels < 0.95).any(axis=-1).mean()
     assert 0.02 < not_white < 0.9, f"screenshot looks blank ({not_white:.3f} non-white)"
     assert pixels.std() > 0.05
+
+
+def test_a_swapped_cached_score_table_is_refused_on_resume(tmp_path):
+    from prunus.data import ScoreTable
+
+    values = tiny_config(blobs_file(tmp_path), seeds=(0,), epochs=1)
+    values.update(sparsity=[], targets=[])
+    values["policies"] = [{"score": "loss", "select": "hardest", "proxy": {"epochs": 1, "seeds": 1}}]
+    config = load_config(write_config(tmp_path / "s.toml", values))
+    out = tmp_path / "s"
+    run_study(config, out, progress=False)
+    (path,) = (out / "scores").glob("*.parquet")
+    table = ScoreTable.read(path)
+    table.metadata["dataset"]["fingerprint"] = "0" * 16  # same ids, made on other data
+    table.write(path)
+    for run in (out / "runs").glob("*.parquet"):
+        run.unlink()
+    with pytest.raises(PrunusError, match="not computed on dataset"):
+        run_study(config, out, resume=True, progress=False)

@@ -13,8 +13,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -40,6 +41,9 @@ from prunus.study.runs import (
     make_row,
 )
 from prunus.study.store import StudyStore
+
+if TYPE_CHECKING:
+    from prunus.datasets import Dataset
 
 
 @dataclass
@@ -153,11 +157,14 @@ def run_study(
     finished = store.finished_run_ids()
     todo = [run for run in runs if run.run_id not in finished]
     needed = {run.score_key for run in todo if run.score_key}
+    by_fingerprint = {ds.fingerprint: ds for ds in datasets.values()}
     scores: dict[str, tuple[Any, float, float]] = {}
     for job in jobs:
         if job.key in needed and store.has_scores(job.key):
             meta = store.read_score_meta(job.key)
-            scores[job.key] = (store.read_scores(job.key), meta["seconds"], meta["flops"])
+            table = store.read_scores(job.key)
+            check_cached_scores(table, by_fingerprint[job.fingerprint], store.score_path(job.key))
+            scores[job.key] = (table, meta["seconds"], meta["flops"])
     pending_jobs = [job for job in jobs if job.key in needed and job.key not in scores]
 
     display = StudyProgress(console or Console(stderr=True), enabled=progress)
@@ -189,6 +196,17 @@ def run_study(
                        time.perf_counter() - start, report.answers, failure=failure,
                        score_tables=len(pending_jobs), failed_score_tables=len(failed_scores),
                        score_failure=next(iter(failed_scores.values()), ""))
+
+
+def check_cached_scores(table: Any, dataset: Dataset, path: Path) -> None:
+    """A reused ``scores/`` table must be the one computed on this dataset: same fingerprint
+    and exactly its training ids (a swapped or foreign file is refused, never trained on)."""
+    if table.fingerprint != dataset.fingerprint or not np.array_equal(np.sort(table.ids),
+                                                                      np.sort(dataset.ids)):
+        raise PrunusError(
+            f"{path}: this cached score table was not computed on dataset {dataset.name!r} "
+            f"(fingerprint {table.fingerprint}, expected {dataset.fingerprint}); delete it and "
+            "rerun with --resume to recompute it.")
 
 
 def interrupted(store: StudyStore, runs: int) -> StudyInterrupted:
