@@ -7,8 +7,9 @@ import pytest
 
 from prunus.errors import PrunusError
 from prunus.study import parse_config
-from prunus.study.config import load_config, to_toml
+from prunus.study.config import load_config
 from prunus.study.grid import expand_grid
+from prunus.study.toml import to_toml
 
 
 def base(**changes):

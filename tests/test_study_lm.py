@@ -10,8 +10,9 @@ import torch
 
 from prunus.errors import PrunusError
 from prunus.study import run_study
-from prunus.study.config import parse_config, target_value
+from prunus.study.config import parse_config
 from prunus.study.grid import FULL, LANGUAGE, LM, RANDOM, expand_grid
+from prunus.study.schema import target_value
 from prunus.study.stats import (
     BEATS,
     WORSE,

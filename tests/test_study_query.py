@@ -12,7 +12,7 @@ from helpers import invoke
 
 from prunus.errors import PrunusError
 from prunus.study import StudyStore, load_config, query
-from prunus.study.config import to_toml
+from prunus.study.toml import to_toml
 
 
 @pytest.fixture

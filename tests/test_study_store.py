@@ -18,8 +18,8 @@ from helpers import invoke
 
 from prunus.errors import MissingExtraError, PrunusError
 from prunus.study import StudyStore, load_config, query, run_study
-from prunus.study.config import to_toml
 from prunus.study.store import TIMING_COLUMNS, atomic_write
+from prunus.study.toml import to_toml
 
 NASTY_NAME = "<script>alert('name')</script>"
 NASTY_LABEL = "mag <script>alert('label')</script><img src=x onerror=alert(1)>"

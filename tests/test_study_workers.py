@@ -14,7 +14,7 @@ import pytest
 from helpers import invoke
 
 from prunus.study import run_study
-from prunus.study.config import to_toml
+from prunus.study.toml import to_toml
 
 
 def blobs_file(folder: Path, n: int = 300) -> Path:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prunus.errors import PrunusError
+from prunus.study.messages import describe_error
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
 ScheduleName = Literal["constant", "cosine", "linear", "step", "onecycle"]
@@ -59,24 +60,9 @@ class TrainConfig(StrictModel):
 
 
 def validated(model_cls: type[BaseModel], values: dict, where: str = "") -> BaseModel:
-    """Build ``model_cls`` from ``values`` or raise one-sentence :class:`PrunusError`."""
+    """Build ``model_cls`` from ``values`` or raise one-sentence :class:`PrunusError` whose
+    field names start with ``where`` (``train.lr``)."""
     try:
         return model_cls(**values)
     except ValidationError as exc:
-        raise PrunusError(describe_validation_error(exc, where)) from None
-
-
-def describe_validation_error(exc: ValidationError, where: str = "") -> str:
-    """The first validation problem as one sentence naming the field and what is allowed."""
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
-    if where:
-        field = f"{where}.{field}" if field else where
-    kind = err["type"]
-    got = err.get("input")
-    if kind == "extra_forbidden":
-        return f"{field} is not a known setting; remove it or check its spelling."
-    if kind == "literal_error":
-        allowed = err.get("ctx", {}).get("expected", "")
-        return f"{field} must be one of {allowed} (got {got!r})."
-    return f"{field}: {err['msg'].rstrip('.')} (got {got!r})."
+        raise PrunusError(describe_error(exc, where=where)) from None

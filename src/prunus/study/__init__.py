@@ -13,7 +13,7 @@ from prunus.lazy import lazy_getattr
 # Importing this package is light (the CLI's start-up depends on it): the harness, which
 # imports torch, loads on first use.
 _HOME = {
-    "StudyConfig": "config", "load_config": "config", "parse_config": "config",
+    "StudyConfig": "schema", "load_config": "config", "parse_config": "config",
     "StudyResult": "harness", "run_study": "harness", "query": "sql",
     "write_report": "report", "StudyStore": "store",
 }

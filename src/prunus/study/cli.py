@@ -76,8 +76,8 @@ def recommend(
     from prunus.cli import console
     from prunus.errors import PrunusError
     from prunus.study import StudyStore
-    from prunus.study.config import TARGET_PATTERN
     from prunus.study.report import load_rows
+    from prunus.study.schema import TARGET_PATTERN
     from prunus.study.stats import recommend as choose
     from prunus.study.stats import summarize
     from prunus.study.verdicts import answer, study_margin

@@ -46,7 +46,7 @@ from typing import Any
 
 from prunus.counts import fraction_count
 from prunus.study import plugins
-from prunus.study.config import PolicyConfig, StudyConfig, display_name
+from prunus.study.schema import PolicyConfig, StudyConfig, display_name
 
 FULL, RANDOM, STATIC, ONLINE, NEGATIVES = "full", "random", "static", "online", "negatives"
 LM = "lm"  # a language-model data arm (a selection policy or the target sample)

@@ -28,7 +28,7 @@ from rich.progress import (
 )
 
 from prunus.errors import PrunusError
-from prunus.study.config import StudyConfig, load_config
+from prunus.study.config import load_config
 from prunus.study.executors import make_backend
 from prunus.study.grid import RunSpec, ScoreJob, expand_grid, matched_run
 from prunus.study.runs import (
@@ -40,6 +40,7 @@ from prunus.study.runs import (
     load_dataset,
     make_row,
 )
+from prunus.study.schema import StudyConfig
 from prunus.study.store import StudyStore
 
 if TYPE_CHECKING:

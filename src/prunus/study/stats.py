@@ -359,7 +359,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], targets: Sequence[float | str])
     (full data trained for the same examples backpropagated); full data is the dense full-data
     arm of the same setting. Seeds pair runs; costs and examples are per-seed ratios to full data.
     """
-    from prunus.study.config import target_value
+    from prunus.study.schema import target_value
 
     curves: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     finals: dict[str, Mapping[str, Any]] = {}

@@ -28,7 +28,9 @@ import pyarrow.parquet as pq
 from prunus import files
 from prunus.errors import PrunusError, reading
 from prunus.files import TEMP_PREFIX, reason
-from prunus.study.config import StudyConfig, parse_config, to_toml
+from prunus.study.config import parse_config
+from prunus.study.schema import StudyConfig
+from prunus.study.toml import to_toml
 
 # One row per run × evaluation. Timing columns (``*_seconds``, ``peak_memory_mb``) are the only
 # ones that differ between two executions of the same study.
