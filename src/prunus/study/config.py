@@ -60,10 +60,7 @@ from pydantic import ValidationError
 
 from prunus.errors import PrunusError
 from prunus.study.messages import PolicyError, describe_error
-from prunus.study.schema import TARGET_PATTERN, StudyConfig
-
-# TARGET_PATTERN: the report still imports it from here.
-__all__ = ["TARGET_PATTERN", "StudyConfig", "load_config", "parse_config"]
+from prunus.study.schema import StudyConfig
 
 
 def load_config(path: str | Path) -> StudyConfig:

@@ -22,7 +22,7 @@ from prunus.study.stats import ArmSummary, Comparison, Estimate
 from prunus.study.verdicts import verdict_word, wins_text
 
 if TYPE_CHECKING:
-    from prunus.study.config import StudyConfig
+    from prunus.study.schema import StudyConfig
 
 
 @functools.cache

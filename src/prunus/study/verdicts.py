@@ -26,7 +26,7 @@ DEFAULT_MARGIN = 0.01
 
 def study_margin(targets: Sequence[float | str]) -> float:
     """The non-inferiority margin: the study's first ``full-<N>pp`` target, else 1pp."""
-    from prunus.study.config import TARGET_PATTERN
+    from prunus.study.schema import TARGET_PATTERN
 
     for target in targets:
         match = TARGET_PATTERN.match(str(target))
