@@ -200,8 +200,8 @@ def test_study_on_the_cluster_resumes_after_the_driver_is_killed(cluster, tmp_pa
     """The driver is SIGKILLed once some runs are stored; the resume (same cluster) runs only
     the rest, leaves the stored ones untouched, and the study equals the local executor's."""
     from prunus.study import run_study
-    from prunus.study.config import to_toml
     from prunus.study.store import TIMING_COLUMNS
+    from prunus.study.toml import to_toml
 
     data = blobs()
     path = tmp_path / "blobs.npz"
