@@ -79,3 +79,40 @@ def test_policy_training_overrides_refuse_numbers_written_as_strings():
             parse_config({**study, "policies": [policy]})
         assert str(info.value) == (
             f"{where} setting lr must be a number written without quotes (got '0.01').")
+
+
+STUDY = {"seeds": [0], "datasets": [{"name": "digits"}], "models": [{"name": "mlp"}],
+         "train": {"epochs": 1}}
+BAD = [  # (change to a valid study, the sentence's exact start)
+    ({"keep": [1.5]}, "keep[0]: Input should be less than or equal to 1 (got 1.5)."),
+    ({"keep": ["0.5"]}, "keep[0] must be a number written without quotes (got '0.5')."),
+    ({"seeds": [1, 1]}, "seeds must not repeat a seed."),
+    ({"weird": 1}, "weird is not a known setting; remove it or check its spelling."),
+    ({"cross": "yes"}, "cross must be true or false written without quotes (got 'yes')."),
+    ({"datasets": [{}]}, "datasets[0].name is required but missing from config."),
+    ({"datasets": [{"name": "digits", "noise_kind": "x"}]},
+     "datasets[0].noise_kind must be one of 'symmetric', 'pairs' or 'instance' (got 'x')."),
+    ({"execution": {"workers": 0}},
+     "execution.workers: Input should be greater than or equal to 1 (got 0)."),
+    ({"policies": [{"score": "el2n", "online": "rs2"}]},
+     "policies[0] needs exactly one of score, online, weights, negatives or lm."),
+    ({"policies": [{"score": "el2n", "train": {"lr": -1}}]},
+     "policies[0] setting lr: Input should be greater than 0 (got -1)."),
+    ({"policies": [{"score": "el2n", "proxy": {"seeds": []}}]},
+     "policies[0].proxy.seeds must name at least one seed."),
+    ({"policies": [{"score": "el2m"}]}, "policies[0].score must be one of: "),
+    ({"policies": [{"score": "el2n"}, {"score": "el2n"}]},
+     "policies[1].label: 'EL2N-hardest' is already the name of policies[0]"),
+    ({"policies": [{"negatives": "mined-margin", "options": {"margn": 1}}]},
+     "policies[0].options.margn is not a known setting; remove it or check its spelling."),
+    ({"targets": [1.5]}, "targets[0] must be an accuracy in (0, 1] or 'full-<N>pp'"),
+]
+
+
+@pytest.mark.parametrize("change, start", BAD, ids=[s.split()[0] for _, s in BAD])
+def test_every_bad_setting_is_one_sentence_naming_the_field(change, start):
+    with pytest.raises(PrunusError) as info:
+        parse_config({**STUDY, **change})
+    message = str(info.value)
+    assert message.startswith(start)
+    assert message.endswith(".") and "\n" not in message and "Value error" not in message
