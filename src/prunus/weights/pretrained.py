@@ -630,7 +630,7 @@ def prune_layer(layer: Layer, gram: tuple[torch.Tensor, int], sparsity: float, m
         keep = select(scores, sparsity, nm, scope)
         new = weight * keep
     with torch.no_grad():
-        target = _original(layer.module)
+        target = original_weight(layer.module)
         target.copy_(layer.to_layout(new).to(target.dtype))
     _attach(layer, layer.to_layout(keep))
     seconds = time.perf_counter() - started
@@ -644,7 +644,8 @@ def _bias(module: nn.Module) -> torch.Tensor | None:
     return None if bias is None else bias.detach().float()
 
 
-def _original(module: nn.Module) -> torch.Tensor:
+def original_weight(module: nn.Module) -> torch.Tensor:
+    """The stored weight under any parametrization (the unmasked ``original``), else the weight."""
     from torch.nn.utils import parametrize
 
     if parametrize.is_parametrized(module, "weight"):

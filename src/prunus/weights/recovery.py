@@ -63,6 +63,7 @@ from torch import nn
 from prunus.data.table import HIGHER_IS_HARDER, ScoreTable
 from prunus.errors import PrunusError, choice_error, require
 from prunus.weights.masks import masked_targets, zero_pruned
+from prunus.weights.pretrained import is_conv1d, original_weight
 
 PARAMS = ("norm+bias", "lora", "all")
 POLICIES = ("random", "loss_increase")
@@ -690,9 +691,9 @@ def lora_target_modules(model: nn.Module, masked_only: bool = True) -> list[str]
     embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     linear = []
     for name, module in model.named_modules():
-        if not (isinstance(module, nn.Linear) or _is_conv1d(module)):
+        if not (isinstance(module, nn.Linear) or is_conv1d(module)):
             continue
-        if not name or id(_underlying(module)) in embedding:
+        if not name or id(original_weight(module)) in embedding:
             continue
         linear.append(name)
     if masked_only:
@@ -701,20 +702,6 @@ def lora_target_modules(model: nn.Module, masked_only: bool = True) -> list[str]
         if chosen:
             return chosen
     return linear
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    """GPT-2's transposed linear layer (``transformers.pytorch_utils.Conv1D``), also when a
-    parametrization has subclassed it."""
-    return any(c.__name__ == "Conv1D" for c in type(module).__mro__)
-
-
-def _underlying(module: nn.Module) -> torch.Tensor:
-    from torch.nn.utils import parametrize
-
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
 
 
 class _MaskedDelta(nn.Module):
@@ -759,7 +746,7 @@ def _merge_lora(model: nn.Module, names: list[str], merge: bool) -> None:
                 if isinstance(plist[i], _MaskedDelta):
                     del plist[i]
         if merge:
-            delta = layer.get_delta_weight(ADAPTER).to(_underlying(base).dtype)
+            delta = layer.get_delta_weight(ADAPTER).to(original_weight(base).dtype)
             from torch.nn.utils import parametrize
 
             if parametrize.is_parametrized(base, "weight"):
