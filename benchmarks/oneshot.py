@@ -21,6 +21,7 @@ inference time on a CPU: the pruned matrices are still dense there (no sparse ke
 
     python benchmarks/oneshot.py             # everything (about 15 min on 2 CPU cores)
     python benchmarks/oneshot.py --quick     # one seed, fewer settings and texts
+    python benchmarks/oneshot.py --part lm --settings 0.5 0.7   # a subset of the settings
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--part", choices=("minilm", "lm", "llmcompressor", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="one seed, fewer settings and texts")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--settings", nargs="+", choices=[s[0] for s in SETTINGS], default=None,
+                        help="only these sparsity settings (default: all; --quick: 0.5 2:4 4:8 0.7)")
     parser.add_argument("--samples", type=int, default=128, help="calibration texts/sequences")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     parser.add_argument("--eval-queries", type=int, default=120)
@@ -57,6 +60,7 @@ def main() -> None:
     parser.add_argument("--eval-blocks", type=int, default=64, help="held-out sequences for perplexity")
     args = parser.parse_args()
     if args.quick:
+        args.settings = args.settings or list(QUICK_SETTINGS)
         args.seeds = args.seeds[:1]
         args.eval_queries, args.eval_corpus = 100, 250
     import torch
@@ -85,7 +89,7 @@ def main() -> None:
 
 
 def settings(args):
-    return [s for s in SETTINGS if not args.quick or s[0] in QUICK_SETTINGS]
+    return [s for s in SETTINGS if args.settings is None or s[0] in args.settings]
 
 
 def runs(args):
