@@ -14,6 +14,9 @@ thread count (a Ray worker with one CPU runs one thread). A killed actor is rest
 shard redone by Ray Data (``max_restarts=-1``, ``max_task_retries=-1``); a killed training task
 is retried (``max_retries``).
 
+Tasks and actors request one CPU each, and one GPU each when the training settings name a
+``cuda`` device (``device="auto"`` runs on the workers' CPUs).
+
 Trajectory methods record while their proxy trains, so on Ray they are the training tasks'
 output; ``prototypes`` (k-means over all embeddings at once) runs only locally.
 """
@@ -59,7 +62,6 @@ def connect(address: str | None, num_cpus: int | None = None, field: str = "addr
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
     if address is None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
         return True
@@ -164,7 +166,8 @@ def score_on_ray(
     started = connect(address)
     try:
         tracker.describe(f"training {len(seeds)} prox{'y' if len(seeds) == 1 else 'ies'} on Ray")
-        train = ray.remote(num_cpus=1, max_retries=TRAIN_RETRIES)(_train_proxy_task)
+        train = ray.remote(num_cpus=1, num_gpus=gpus_per_task(job), max_retries=TRAIN_RETRIES)(
+            _train_proxy_task)
         data_ref = ray.put(dataset)
         proxy_refs = [train.remote(data_ref, job, seed) for seed in seeds]
         proxies = ray.get(proxy_refs)
@@ -177,6 +180,12 @@ def score_on_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def gpus_per_task(job: Any) -> int:
+    """GPUs each training task and scoring actor requests: one when the training settings name
+    a CUDA device, else none (``device="auto"`` therefore runs on the workers' CPUs)."""
+    return 1 if str(job.config.device).startswith("cuda") else 0
 
 
 def _train_proxy_task(dataset: Dataset, job: Any, seed: int) -> Any:
@@ -219,9 +228,11 @@ def _map_shards(ray: Any, dataset: Dataset, job: Any, proxy_refs: list, seeds: i
     workers = min(workers, len(tables))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-execution INFO lines
     shards = ray.data.from_arrow(tables)
     scored = shards.map_batches(
         ShardScorer, batch_size=None, batch_format="pyarrow", num_cpus=1,
+        num_gpus=gpus_per_task(job),
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={"proxies": proxy_refs, "job": job, "name": dataset.name,
                                "shape": dataset.input_shape, "num_classes": dataset.num_classes},

@@ -160,8 +160,9 @@ def score(
         progress: optional ``progress(completed, total, description)``, units are examples.
         executor: ``"local"`` (this process) or ``"ray"``: proxies trained as Ray tasks (one per
             seed, in parallel), then the dataset scored as a ``ray.data`` map over shards by
-            actors holding the proxies (:mod:`prunus.data.distributed`); the same table, bit
-            for bit on CPU. Default ``"local"``.
+            actors holding the proxies (:mod:`prunus.data.distributed`); on CPU the same
+            table bit for bit as a local run with one torch thread (a Ray worker's). Default
+            ``"local"``.
         address: ``executor="ray"`` only: the cluster to join (``host:port``; default the
             ``RAY_ADDRESS`` environment variable, else a Ray instance started in this process).
         workers: ``executor="ray"`` only: scoring actors (default: the cluster's CPUs).
