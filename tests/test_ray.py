@@ -21,6 +21,7 @@ import prunus
 from prunus.data import score
 from prunus.datasets import Dataset
 from prunus.errors import MissingExtraError, PrunusError
+from prunus.study.config import to_toml
 
 try:
     import psutil
@@ -180,6 +181,13 @@ class TestScoringOnTheCluster:
         same_table(local, result["table"])
 
 
+def blobs_file(folder: Path) -> Path:
+    """:func:`blobs` as an .npz file."""
+    data, path = blobs(), folder / "blobs.npz"
+    np.savez(path, x=data.x, y=data.y, x_test=data.test.x, y_test=data.test.y)
+    return path
+
+
 def study_values(data: Path) -> dict:
     return {
         "name": "ray-grid",
@@ -203,11 +211,8 @@ def test_study_on_the_cluster_resumes_after_the_driver_is_killed(cluster, tmp_pa
     from prunus.study.store import TIMING_COLUMNS
     from prunus.study.toml import to_toml
 
-    data = blobs()
-    path = tmp_path / "blobs.npz"
-    np.savez(path, x=data.x, y=data.y, x_test=data.test.x, y_test=data.test.y)
     config = tmp_path / "grid.toml"
-    config.write_text(to_toml(study_values(path)))
+    config.write_text(to_toml(study_values(blobs_file(tmp_path))))
     local = run_study(config, tmp_path / "local", progress=False)
 
     out = tmp_path / "ray"
@@ -265,6 +270,15 @@ def test_an_unreachable_address_fails_within_seconds(tmp_path, capsys):
     assert code == 2 and time.monotonic() - start < 15
     assert "no Ray cluster answers there" in capsys.readouterr().err
     assert not (tmp_path / "s.parquet").exists()
+
+    config = tmp_path / "grid.toml"
+    config.write_text(to_toml(study_values(blobs_file(tmp_path))))
+    start = time.monotonic()
+    code = invoke("study", str(config), "--out", str(tmp_path / "study"), "--executor", "ray",
+                  "--address", address)
+    assert code == 2 and time.monotonic() - start < 15
+    assert f"--address {address!r}: no Ray cluster answers there" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()
 
 
 def test_without_ray_the_error_names_the_extra(monkeypatch):

@@ -147,6 +147,10 @@ def run_study(
     if cpus <= 0 or gpus < 0:
         raise PrunusError(f"--cpus-per-run must be above 0 and --gpus-per-run at least 0 "
                           f"(got {cpus:g} and {gpus:g}).")
+    if executor == "ray" and address:  # before anything is written: fail within seconds
+        from prunus.data.distributed import check_reachable
+
+        check_reachable(address, "--address")
 
     datasets = {d.display: load_dataset(d.model_dump()) for d in config.datasets}
     check_models_fit(config, datasets)
