@@ -21,7 +21,7 @@ import prunus
 from prunus.data import score
 from prunus.datasets import Dataset
 from prunus.errors import MissingExtraError, PrunusError
-from prunus.study.config import to_toml
+from prunus.study.toml import to_toml
 
 try:
     import psutil
@@ -211,7 +211,6 @@ def test_study_on_the_cluster_resumes_after_the_driver_is_killed(cluster, tmp_pa
     the rest, leaves the stored ones untouched, and the study equals the local executor's."""
     from prunus.study import run_study
     from prunus.study.store import TIMING_COLUMNS
-    from prunus.study.toml import to_toml
 
     config = tmp_path / "grid.toml"
     config.write_text(to_toml(study_values(blobs_file(tmp_path))))
