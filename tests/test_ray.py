@@ -133,12 +133,13 @@ def joined(cluster):
 
 @needs_ray
 class TestScoringOnTheCluster:
-    @pytest.mark.parametrize("method", ["el2n", "grand", "forgetting"])
+    @pytest.mark.parametrize("method", ["el2n", "grand", "forgetting", "prototypes"])
     def test_scores_are_bit_identical(self, joined, method, monkeypatch):
         from prunus.data import distributed
 
         monkeypatch.setattr(distributed, "SHARD_ROWS", 128)  # 5 shards of 128 (4 batches each)
-        # forgetting: a trajectory method, recorded by the training tasks themselves
+        # forgetting: recorded by the training tasks; prototypes: k-means on the driver over
+        # the embeddings the actors computed
         data = blobs()
         kwargs = {"method": method, "epochs": 1, "seeds": [0, 1], "score_batch_size": 32, **MLP}
         local = score(data, **kwargs)

@@ -8,7 +8,7 @@ shard a whole number of scoring batches, so that every scoring batch holds exact
 examples the local path puts in it. A ``map_batches`` over a pool of actors, each holding
 every seed's proxy (received by object reference and fetched once at actor start), scores one
 shard at a time with the same function as the local path
-(:func:`prunus.data.scoring.score_examples`); the driver puts the scores back by position. On
+(:func:`prunus.data.scoring.example_pass`); the driver puts the results back by position. On
 CPU the table is therefore bit-identical to ``executor="local"`` when both use the same torch
 thread count (a Ray worker with one CPU runs one thread). A killed actor is restarted and its
 shard redone by Ray Data (``max_restarts=-1``, ``max_task_retries=-1``); a killed training task
@@ -18,7 +18,8 @@ Tasks and actors request one CPU each, and one GPU each when the training settin
 ``cuda`` device (``device="auto"`` runs on the workers' CPUs).
 
 Trajectory methods record while their proxy trains, so on Ray they are the training tasks'
-output; ``prototypes`` (k-means over all embeddings at once) runs only locally.
+output. Embedding methods (``prototypes``: k-means over all embeddings at once) get each
+shard's embeddings from the actors and cluster them on the driver.
 """
 
 from __future__ import annotations
@@ -152,14 +153,10 @@ def score_on_ray(
         workers: scoring actors (default: the cluster's CPUs, at most one per shard).
 
     Raises:
-        PrunusError: a ``prototypes``-like method (``needs="embeddings"``), a bad ``workers``,
-            or a connection problem (:func:`connect`).
+        PrunusError: a bad ``workers``, or a connection problem (:func:`connect`).
     """
-    from prunus.data.scoring import proxy_cost, score_examples
+    from prunus.data.scoring import finish_scores, proxy_cost, score_examples
 
-    if job.info.needs == "embeddings":
-        raise PrunusError(f"score method {job.info.name!r} clusters all embeddings at once and "
-                          f"runs only with executor='local'.")
     if workers is not None and workers < 1:
         raise PrunusError(f"workers must be at least 1 (got {workers}).")
     ray = require("ray", RAY_EXTRA)
@@ -175,7 +172,8 @@ def score_on_ray(
         if job.info.needs == "trajectory":
             per_seed = [score_examples(p, dataset, job, tracker.advance) for p in proxies]
             return per_seed, [proxy_cost(p, dataset, job, 0.0) for p in proxies]
-        per_seed, seconds = _map_shards(ray, dataset, job, proxy_refs, len(seeds), workers, tracker)
+        passes, seconds = _map_shards(ray, dataset, job, proxy_refs, len(seeds), workers, tracker)
+        per_seed = [finish_scores(p, job, passed, len(dataset)) for p, passed in zip(proxies, passes)]
         return per_seed, [proxy_cost(p, dataset, job, s) for p, s in zip(proxies, seconds)]
     finally:
         if started:
@@ -219,8 +217,8 @@ def shard_tables(dataset: Dataset, rows: int) -> list[Any]:
 
 def _map_shards(ray: Any, dataset: Dataset, job: Any, proxy_refs: list, seeds: int,
                 workers: int | None, tracker: Any) -> tuple[list[np.ndarray], list[float]]:
-    """Score every shard with the actor pool; each seed's scores by position and the actor
-    seconds it took."""
+    """Run :func:`prunus.data.scoring.example_pass` over every shard with the actor pool; each
+    seed's pass (scores or embeddings) by position, and the actor seconds it took."""
     rows = job.score_batch_size * max(1, SHARD_ROWS // job.score_batch_size)
     tables = shard_tables(dataset, rows)
     if workers is None:
@@ -237,23 +235,27 @@ def _map_shards(ray: Any, dataset: Dataset, job: Any, proxy_refs: list, seeds: i
         fn_constructor_kwargs={"proxies": proxy_refs, "job": job, "name": dataset.name,
                                "shape": dataset.input_shape, "num_classes": dataset.num_classes},
     )
-    values = np.full((seeds, len(dataset)), np.nan)
+    values: list[np.ndarray | None] = [None] * seeds
     seen = np.zeros(len(dataset), dtype=np.int64)
     seconds = np.zeros(seeds)
     for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
         positions = batch["position"]
         seen[positions] += 1
         for k in range(seeds):
-            values[k, positions] = batch[f"score{k}"]
+            part = batch[f"pass{k}"]
+            if values[k] is None:
+                values[k] = np.full((len(dataset), *part.shape[1:]), np.nan, dtype=part.dtype)
+            values[k][positions] = part
             seconds[k] += float(batch[f"seconds{k}"].sum())
         tracker.advance(seeds * len(positions))
     if not np.all(seen == 1):  # pragma: no cover - Ray Data returns each row exactly once
         raise RuntimeError(f"{int(np.sum(seen != 1))} examples were not scored exactly once on Ray")
-    return list(values), list(seconds)
+    return values, list(seconds)
 
 
 class ShardScorer:
-    """Ray Data actor: holds every seed's proxy and scores one shard at a time."""
+    """Ray Data actor: holds every seed's proxy and runs the per-example pass over one shard at
+    a time."""
 
     def __init__(self, proxies: list, job: Any, name: str, shape: tuple[int, ...],
                  num_classes: int) -> None:
@@ -268,7 +270,7 @@ class ShardScorer:
         self.job, self.name, self.shape, self.num_classes = job, name, tuple(shape), num_classes
 
     def __call__(self, batch: Any) -> dict[str, np.ndarray]:
-        from prunus.data.scoring import score_examples
+        from prunus.data.scoring import example_pass
 
         x = batch.column("x").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         shard = Dataset(self.name, batch.column("id").to_numpy(), x.reshape(-1, *self.shape),
@@ -276,7 +278,7 @@ class ShardScorer:
         out = {"position": batch.column("position").to_numpy()}
         for k, proxy in enumerate(self.proxies):
             start = time.perf_counter()
-            out[f"score{k}"] = score_examples(proxy, shard, self.job, lambda n: None)
+            out[f"pass{k}"] = example_pass(proxy, shard, self.job, lambda n: None)
             spent = np.zeros(len(shard))
             spent[0] = time.perf_counter() - start
             out[f"seconds{k}"] = spent

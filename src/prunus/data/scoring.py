@@ -396,21 +396,32 @@ def proxy_cost(proxy: Proxy, dataset: Dataset, job: ScoringJob, scoring_seconds:
 
 def score_examples(proxy: Proxy, dataset: Dataset, job: ScoringJob, advance: Callable[[int], None]) -> np.ndarray:
     """The scores of ``dataset``'s examples under a trained proxy (float64, aligned to ids)."""
-    info, seed, batch_size, options = job.info, proxy.seed, job.score_batch_size, job.options
     if proxy.recorder is not None:
         return np.asarray(proxy.recorder.scores(), dtype=np.float64)
-    net = proxy.net
+    return finish_scores(proxy, job, example_pass(proxy, dataset, job, advance), len(dataset))
+
+
+def example_pass(proxy: Proxy, dataset: Dataset, job: ScoringJob, advance: Callable[[int], None]) -> np.ndarray:
+    """The per-example pass over ``dataset`` (any shard of it gives the same rows): the scores,
+    or for embedding methods the (N, d) penultimate-layer embeddings."""
+    info, batch_size = job.info, job.score_batch_size
     if info.needs == "embeddings":
         from prunus.data.scores.prototypes import embeddings
 
-        points = embeddings(net, dataset, batch_size=batch_size, progress=advance)
-        values = _call(info.fn, options, seed, points)
-    else:
-        values = _call(info.fn, {**options, "batch_size": batch_size, "progress": advance}, seed, net, dataset)
+        return embeddings(proxy.net, dataset, batch_size=batch_size, progress=advance)
+    kwargs = {**job.options, "batch_size": batch_size, "progress": advance}
+    return _call(info.fn, kwargs, proxy.seed, proxy.net, dataset)
+
+
+def finish_scores(proxy: Proxy, job: ScoringJob, passed: np.ndarray, n: int) -> np.ndarray:
+    """The scores from the whole dataset's :func:`example_pass`: the method run on the
+    embeddings (embedding methods) or the pass itself, checked to be one float per example."""
+    info = job.info
+    values = _call(info.fn, job.options, proxy.seed, passed) if info.needs == "embeddings" else passed
     values = np.asarray(values, dtype=np.float64)
-    if values.shape != (len(dataset),):
+    if values.shape != (n,):
         raise PrunusError(
-            f"score method {info.name!r} must return one score per example, shape ({len(dataset)},) "
+            f"score method {info.name!r} must return one score per example, shape ({n},) "
             f"(got {values.shape})."
         )
     return values
