@@ -243,7 +243,7 @@ def test_a_model_that_does_not_fit_its_data_is_refused_before_any_run(tmp_path):
         run_study(config, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
     config = parse_config(base(models=[{"name": "mlp", "options": {"colour": 1}}]))
-    with pytest.raises(PrunusError, match=r"^models\[0\]: model 'mlp' could not be built"):
+    with pytest.raises(PrunusError, match=r"^models\[0\]: 'colour' is not a setting of model 'mlp'"):
         run_study(config, tmp_path / "out", progress=False)
 
 

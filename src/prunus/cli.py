@@ -110,7 +110,7 @@ def train(
     """Train one model and print accuracy and compute per epoch."""
     from prunus.config import TrainConfig, validated
     from prunus.datasets import load
-    from prunus.models import build_model
+    from prunus.models import build_model, check_fit
     from prunus.train import Trainer
     from prunus.train.progress import RichProgress
 
@@ -129,6 +129,7 @@ def train(
 
         data = data.subset(read_selection(subset, data))
     net = build_model(model, data.input_shape, data.num_classes, seed=seed)
+    check_fit(net, data, f"--model {model!r}")
     callbacks = []
     if online:
         from prunus.data.online import get_online

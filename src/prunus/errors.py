@@ -24,6 +24,13 @@ def choice_error(field: str, value: object, allowed: Iterable[str]) -> PrunusErr
     return PrunusError(f"{field} must be one of: {names} (got {value!r}).")
 
 
+def setting_error(key: str, owner: str, allowed: Iterable[str]) -> PrunusError:
+    """Build the standard 'unknown setting' error: ``'bogus' is not a setting of model 'mlp';
+    its settings are: hidden.`` (``owner`` names what the settings belong to)."""
+    names = ", ".join(sorted(str(a) for a in allowed)) or "none"
+    return PrunusError(f"{key!r} is not a setting of {owner}; its settings are: {names}.")
+
+
 def require(module: str, extra: str):
     """Import an optional dependency or raise a :class:`MissingExtraError` naming the extra."""
     import importlib

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunus.counts import fraction_count
 from prunus.data.table import HIGHER_IS_HARDER, LOWER_IS_HARDER, ScoreTable
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError, choice_error
@@ -38,6 +39,8 @@ ProgressCallback = Callable[[int, int, str], None]
 #   column_from   a score() option whose value names the column instead (uncertainty: kind)
 #   direction     HIGHER_IS_HARDER (default) or LOWER_IS_HARDER
 #   min_epochs    proxy epochs the method needs (default 0; 1 for trajectory methods)
+#   default_epochs  the fewest proxy epochs the default (epochs not given) trains, capped at
+#                 the full run's epochs (trajectory scores need several epochs to say anything)
 #   options       {function keyword: score() option} passed on (and recorded in settings)
 #   choices       {score() option: allowed values}, checked before any training
 #   approximation a note stored in the table metadata (default None)
@@ -50,6 +53,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "column_from": None,
     "direction": HIGHER_IS_HARDER,
     "min_epochs": None,
+    "default_epochs": 0,
     "options": {},
     "choices": {},
     "approximation": None,
@@ -59,6 +63,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
 NEEDS = ("outputs", "gradients", "embeddings", "trajectory", "proxies")
 # a column that reads the other way round whatever the method (uncertainty's top-2 margin)
 COLUMN_DIRECTIONS = {"margin": LOWER_IS_HARDER}
+PROXY_FRACTION = 0.2  # share of the full schedule a proxy run trains by default
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class MethodInfo:
     direction: str
     needs: str
     min_epochs: int
+    default_epochs: int
     summary: str
     column_from: str | None
     options: dict[str, str]
@@ -96,7 +102,8 @@ def method_info(method: str) -> MethodInfo:
         spec["min_epochs"] = 1 if spec["needs"] in ("trajectory", "proxies") else 0
     return MethodInfo(
         name=method, fn=entry.obj, column=spec["column"] or method, direction=spec["direction"],
-        needs=spec["needs"], min_epochs=int(spec["min_epochs"]), summary=entry.summary,
+        needs=spec["needs"], min_epochs=int(spec["min_epochs"]),
+        default_epochs=int(spec["default_epochs"]), summary=entry.summary,
         column_from=spec["column_from"], options=dict(spec["options"]),
         choices={k: tuple(v) for k, v in spec["choices"].items()},
         approximation=spec["approximation"], flops=spec["flops"], kwargs=dict(spec["kwargs"]),
@@ -109,7 +116,7 @@ def score(
     method: str = "el2n",
     *,
     epochs: int | None = None,
-    proxy_fraction: float = 0.2,
+    proxy_fraction: float = PROXY_FRACTION,
     full_epochs: int = 10,
     seeds: Sequence[int] = (0,),
     batch_size: int = 128,
@@ -130,8 +137,9 @@ def score(
 
     For each seed a fresh ``model`` is trained with :class:`prunus.train.Trainer` on the schedule
     of a ``full_epochs`` run (LR schedule included) and stopped after ``epochs`` epochs (default
-    ``round(proxy_fraction · full_epochs)``, at least 1): the early checkpoint the Data Diet paper
-    scores at. Then the training split is scored (eval mode); trajectory methods (``forgetting``,
+    :func:`default_proxy_epochs`: ``⌈proxy_fraction · full_epochs⌉``, at least 1, and for trajectory
+    methods at least their registered ``default_epochs``): the early checkpoint the Data Diet
+    paper scores at. Then the training split is scored (eval mode); trajectory methods (``forgetting``,
     ``aum``, ``dynamic_uncertainty``) record during the proxy training instead. ``epochs=0``
     scores the untrained model (GraNd at initialisation). ``label_issue`` trains its own
     proxies instead: ``folds`` models per seed, each for ``epochs`` epochs on its own schedule
@@ -189,7 +197,7 @@ def score(
     if executor == "local" and (address is not None or workers is not None):
         raise PrunusError("address and workers need executor='ray'.")
     seeds = _check_seeds(seeds)
-    proxy_epochs = _proxy_epochs(epochs, proxy_fraction, full_epochs)
+    proxy_epochs = default_proxy_epochs(method, epochs, full_epochs, proxy_fraction)
     if proxy_epochs < info.min_epochs:
         raise PrunusError(
             f"epochs must be at least {info.min_epochs} for method {method!r} "
@@ -219,6 +227,7 @@ def score(
         **(method_options or {}),
     }
 
+    _check_model_fits(dataset, model, seeds[0], model_options or {})
     n = len(dataset)
     details: dict[str, Any] = {}
     if info.needs == "proxies":
@@ -467,16 +476,41 @@ def _check_seeds(seeds: Sequence[int] | int) -> list[int]:
     return seeds
 
 
-def _proxy_epochs(epochs: int | None, proxy_fraction: float, full_epochs: int) -> int:
+def default_proxy_epochs(method: str, epochs: int | None, full_epochs: int,
+                         proxy_fraction: float = PROXY_FRACTION) -> int:
+    """The proxy epochs of score method ``method`` (the one rule, for ``score`` and studies).
+
+    ``epochs`` when given; else ``⌈proxy_fraction · full_epochs⌉`` (at least 1, rounded by
+    :func:`prunus.counts.fraction_count`), raised to the method's registered
+    ``default_epochs`` but never past ``full_epochs``: forgetting and AUM count events and
+    margins over training, and two epochs of a ten-epoch run leave most examples tied.
+
+    Raises:
+        PrunusError: ``full_epochs`` not a positive integer, ``proxy_fraction`` outside (0, 1],
+            or ``epochs`` not a non-negative integer.
+    """
     if int(full_epochs) != full_epochs or full_epochs < 1:
         raise PrunusError(f"full_epochs must be a positive integer (got {full_epochs!r}).")
-    if epochs is None:
-        if not 0.0 < proxy_fraction <= 1.0:
-            raise PrunusError(f"proxy_fraction must be in (0, 1] (got {proxy_fraction!r}).")
-        return max(1, round(proxy_fraction * full_epochs))
-    if int(epochs) != epochs or epochs < 0:
-        raise PrunusError(f"epochs must be a non-negative integer (got {epochs!r}).")
-    return int(epochs)
+    if epochs is not None:
+        if int(epochs) != epochs or epochs < 0:
+            raise PrunusError(f"epochs must be a non-negative integer (got {epochs!r}).")
+        return int(epochs)
+    if not 0.0 < proxy_fraction <= 1.0:
+        raise PrunusError(f"proxy_fraction must be in (0, 1] (got {proxy_fraction!r}).")
+    fraction = max(1, fraction_count(proxy_fraction, int(full_epochs), up=True))
+    return max(fraction, min(method_info(method).default_epochs, int(full_epochs)))
+
+
+def _check_model_fits(dataset: Dataset, model: str | nn.Module, seed: int,
+                      model_options: dict[str, Any]) -> None:
+    """The proxy model must fit ``dataset`` (:func:`prunus.models.check_fit`) before training."""
+    from prunus.models import build_model, check_fit
+
+    if isinstance(model, nn.Module):
+        check_fit(model, dataset, f"model {type(model).__name__!r}")
+        return
+    net = build_model(model, dataset.input_shape, dataset.num_classes, seed=seed, **model_options)
+    check_fit(net, dataset, f"model {model!r}")
 
 
 def _version() -> str:

@@ -8,13 +8,14 @@ network with seeded initialisation. A name of the form ``"package.module:factory
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from prunus.errors import PrunusError, choice_error
+from prunus.errors import PrunusError, choice_error, one_line, setting_error
 from prunus.registry import MODELS
 
 ModelFactory = Callable[..., nn.Module]
@@ -49,11 +50,71 @@ def build_model(
     if isinstance(name, nn.Module):
         return name
     factory = resolve_factory(name)
+    allowed = _settings(factory)
+    if allowed is not None:
+        for key in options:
+            if key not in allowed:
+                raise setting_error(key, f"model {name!r}", allowed)
     torch.manual_seed(seed)
     try:
         return factory(input_shape=tuple(input_shape), num_classes=num_classes, **options)
     except TypeError as exc:
         raise PrunusError(f"model {name!r} could not be built with options {options}: {exc}.")
+
+
+def _settings(factory: ModelFactory) -> list[str] | None:
+    """The options a model factory takes (its keywords besides the shape and class count), or
+    None when it takes any (``**options``) or has no readable signature."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.name not in ("input_shape", "num_classes")
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_fit(model: nn.Module, dataset, where: str = "--model") -> None:
+    """Refuse a model that does not fit a classification dataset, before any training.
+
+    A dry forward pass of the first two training examples (eval mode, no gradients; the
+    model's train/eval mode is restored) must succeed and give one logit per class, shape
+    ``(2, num_classes)``. Datasets without inputs ``x`` and classes (retrieval, language
+    corpora) are left to their own checks.
+
+    Args:
+        model: the built model.
+        dataset: the dataset it will train on.
+        where: the flag or config field that named the model, at the start of the error.
+
+    Raises:
+        PrunusError: the forward pass fails on the dataset's input shape, or the output is not
+            one logit per class (the sentence says what was expected and what came).
+    """
+    if not hasattr(dataset, "num_classes") or not hasattr(dataset, "x"):
+        return
+    sample = torch.from_numpy(dataset.x[:2])
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(sample.to(device))
+    except Exception as exc:  # noqa: BLE001 - any failure means the model does not fit
+        raise PrunusError(
+            f"{where} does not fit dataset {dataset.name!r}: it fails on inputs of shape "
+            f"{tuple(dataset.input_shape)} ({one_line(exc)})."
+        ) from None
+    finally:
+        model.train(training)
+    expected = (len(sample), dataset.num_classes)
+    got = tuple(getattr(out, "shape", ()))
+    if got != expected:
+        raise PrunusError(
+            f"{where} does not fit dataset {dataset.name!r}: it must output one logit per "
+            f"class, shape {expected} for {len(sample)} examples (got shape {got})."
+        )
 
 
 def resolve_factory(name: str) -> ModelFactory:
@@ -199,4 +260,4 @@ def resnet_tiny(input_shape: tuple[int, ...], num_classes: int, width: int = 16)
 # Causal LMs (gpt_tiny, gpt_small, llama_tiny) register themselves; transformers loads on use.
 from prunus.text import lm as _lm  # noqa: F401
 
-__all__ = ["build_model", "list_models", "register_model"]
+__all__ = ["build_model", "check_fit", "list_models", "register_model"]

@@ -102,6 +102,7 @@ class ScoreJob:
     seeds: list[int]
     train: dict[str, Any]
     options: dict[str, Any]
+    table: str | None = None  # a precomputed table (``scores = FILE``): read, not computed
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "key"}
@@ -428,7 +429,7 @@ def study_arms(config: StudyConfig) -> list[Arm]:
             continue
         for keep in config.keeps_of(policy) if policy.kind in ("static", "online") else ():
             if policy.kind == "static":
-                data = DataArm(STATIC, policy.display, keep, method=policy.score,
+                data = DataArm(STATIC, policy.display, keep, method=policy.method,
                                select=policy.select, stratify=policy.stratify,
                                select_options=canonical(policy.select_options))
                 data_arms.append((data, policy, short(keep), random_subset(keep)))
@@ -516,9 +517,19 @@ def arm_identity(arm: DataArm | WeightArm) -> str:
 
 def score_job(config: StudyConfig, policy: PolicyConfig, dataset: dict[str, Any],
               fingerprint: str, model: dict[str, Any]) -> ScoreJob:
-    """The score table a static policy needs, with every proxy default resolved."""
+    """The score table a static policy needs, with every proxy default resolved; for a
+    precomputed table (``scores = FILE``), the file, keyed by its content."""
+    from prunus.data.scoring import default_proxy_epochs
+
+    if policy.scores is not None:
+        with open(policy.scores, "rb") as handle:
+            content = hashlib.file_digest(handle, "blake2b").hexdigest()
+        values = {"dataset": dataset, "fingerprint": fingerprint, "method": "", "model": "",
+                  "model_options": {}, "epochs": 0, "full_epochs": 0, "seeds": [],
+                  "train": {}, "options": {}, "table": policy.scores}
+        return ScoreJob(key=f"table-{digest({**values, 'content': content}, 10)}", **values)
     proxy = policy.proxy
-    epochs = proxy.epochs or max(1, math.ceil(0.2 * config.train.epochs))
+    epochs = default_proxy_epochs(policy.score, proxy.epochs, config.train.epochs)
     train = config.train.model_dump(exclude={"seed", "epochs"})
     train.update(proxy.train)
     train.pop("epochs", None)

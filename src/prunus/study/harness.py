@@ -39,6 +39,7 @@ from prunus.study.runs import (
     failure_reason,
     load_dataset,
     make_row,
+    table_flops,
 )
 from prunus.study.schema import StudyConfig
 from prunus.study.store import StudyStore
@@ -156,16 +157,23 @@ def run_study(
     check_models_fit(config, datasets)
     runs, jobs = expand_grid(config, {name: ds.fingerprint for name, ds in datasets.items()},
                              {name: len(ds) for name, ds in datasets.items()})
+    by_fingerprint = {ds.fingerprint: ds for ds in datasets.values()}
+    given = given_tables(config, jobs, by_fingerprint)  # refused before anything is written
     store = StudyStore(out)
     store.prepare(config, resume)
     store.write_plan(len(runs))
     finished = store.finished_run_ids()
     todo = [run for run in runs if run.run_id not in finished]
     needed = {run.score_key for run in todo if run.score_key}
-    by_fingerprint = {ds.fingerprint: ds for ds in datasets.values()}
     scores: dict[str, tuple[Any, float, float]] = {}
     for job in jobs:
-        if job.key in needed and store.has_scores(job.key):
+        if job.key in given and job.key in needed:
+            table, meta = given[job.key]
+            if not store.has_scores(job.key):
+                shared = next(r.score_shared_by for r in runs if r.score_key == job.key)
+                store.write_scores(job.key, table, {**meta, "shared_by": shared})
+            scores[job.key] = (table, meta["seconds"], meta["flops"])
+        elif job.key in needed and store.has_scores(job.key):
             meta = store.read_score_meta(job.key)
             table = store.read_scores(job.key)
             check_cached_scores(table, by_fingerprint[job.fingerprint], store.score_path(job.key))
@@ -203,15 +211,58 @@ def run_study(
                        score_failure=next(iter(failed_scores.values()), ""))
 
 
-def check_cached_scores(table: Any, dataset: Dataset, path: Path) -> None:
-    """A reused ``scores/`` table must be the one computed on this dataset: same fingerprint
-    and exactly its training ids (a swapped or foreign file is refused, never trained on)."""
+def check_cached_scores(table: Any, dataset: Dataset, path: Path | str,
+                        what: str = "this cached score table",
+                        fix: str = "delete it and rerun with --resume to recompute it") -> None:
+    """A reused ``scores/`` table (or a precomputed one a policy names) must be the one
+    computed on this dataset: same fingerprint and exactly its training ids (a swapped or
+    foreign file is refused, never trained on)."""
     if table.fingerprint != dataset.fingerprint or not np.array_equal(np.sort(table.ids),
                                                                       np.sort(dataset.ids)):
         raise PrunusError(
-            f"{path}: this cached score table was not computed on dataset {dataset.name!r} "
-            f"(fingerprint {table.fingerprint}, expected {dataset.fingerprint}); delete it and "
-            "rerun with --resume to recompute it.")
+            f"{path}: {what} was not computed on dataset {dataset.name!r} "
+            f"(fingerprint {table.fingerprint}, expected {dataset.fingerprint}); {fix}.")
+
+
+def given_tables(config: StudyConfig, jobs: list[ScoreJob],
+                 datasets: dict[str, Dataset]) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """The precomputed tables policies name (``scores = FILE``), read and checked against
+    their dataset, each with the record a computed table gets (its cost: the seconds and
+    FLOPs the table's metadata records).
+
+    Raises:
+        PrunusError: naming ``policies[i].scores``: an unreadable file, a table made on another
+            dataset, or a table that records no cost.
+    """
+    from prunus.data import ScoreTable
+
+    fields = {p.scores: f"policies[{i}].scores" for i, p in enumerate(config.policies)
+              if p.scores is not None}
+    given: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for job in jobs:
+        if job.table is None:
+            continue
+        field = fields[job.table]
+        try:
+            table = ScoreTable.read(job.table)
+        except PrunusError as exc:
+            raise PrunusError(f"{field}: {exc}") from None
+        check_cached_scores(table, datasets[job.fingerprint], f"{field} ({job.table})",
+                            "the score table",
+                            "score this dataset with prunus score and name that table")
+        meta = table.metadata
+        seconds = (meta.get("cost") or {}).get("seconds")
+        if not isinstance(seconds, (int, float)):
+            raise PrunusError(f"{field}: score table {job.table!r} records no cost (metadata "
+                              "cost.seconds), so its runs could not be charged for it; make it "
+                              "with prunus score.")
+        given[job.key] = (table, {
+            **job.describe(), "method": meta.get("method"), "model": meta.get("model"),
+            "epochs": meta.get("epochs"), "full_epochs": meta.get("full_epochs"),
+            "seeds": meta.get("seeds", []), "seconds": float(seconds),
+            "flops": table_flops(table),
+        })
+    return given
 
 
 def interrupted(store: StudyStore, runs: int) -> StudyInterrupted:

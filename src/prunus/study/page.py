@@ -279,7 +279,13 @@ def score_table(metas: dict[str, dict]) -> str:
             num(shared, str(shared)), num(m["seconds"], f"{m['seconds']:.2f}"),
             num(m["seconds"] / shared, f"{m['seconds'] / shared:.2f}"),
         ])
-    return table(head, body) + (
+    given = [f"<code>{html.escape(key)}</code> ({html.escape(str(m['table']))})"
+             for key, m in metas.items()
+             if m.get("table")]
+    note = ("<p>Precomputed tables, named by a policy's <code>scores</code>: "
+            f"{', '.join(given)}. This study did not compute them: the cost charged is the one "
+            "recorded in each table's metadata when it was made.</p>") if given else ""
+    return table(head, body) + note + (
         "<p>Each score table is computed once and reused by every run that selects from it. "
         "Its wall time (measured around the whole scoring call: proxy training, its "
         "evaluations and the scoring passes) and FLOPs are charged <em>in full</em> to every "

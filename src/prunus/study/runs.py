@@ -417,42 +417,29 @@ def load_dataset(entry: dict[str, Any]):
 
 def check_models_fit(config, datasets: dict[str, Any]) -> None:
     """Build every configured model (and proxy model) for every classification dataset and
-    run two examples through it, so that a model that does not fit its data is refused before
-    any run starts, naming the config field.
+    check it fits (:func:`prunus.models.check_fit`), so that a model that does not fit its data
+    is refused before any run starts, naming the config field.
 
     Raises:
         PrunusError: an option the model does not take, a forward pass that fails on the data's
             input shape, or an output that is not one logit per class.
     """
-    import torch
-
     from prunus.errors import PrunusError
-    from prunus.models import build_model
+    from prunus.models import build_model, check_fit
 
     entries = [(f"models[{i}]", m.name, m.options) for i, m in enumerate(config.models)]
     entries += [(f"policies[{i}].proxy.model", p.proxy.model, p.proxy.model_options)
                 for i, p in enumerate(config.policies)
                 if p.kind == "static" and p.proxy.model is not None]
-    for dataset_name, data in datasets.items():
+    for data in datasets.values():
         if not hasattr(data, "num_classes") or not hasattr(data, "x"):
             continue  # retrieval and language data check their own models
         for field, name, options in entries:
-            where = f"{field} ({name!r}) on dataset {dataset_name!r}"
             try:
                 model = build_model(name, data.input_shape, data.num_classes, seed=0, **options)
             except PrunusError as exc:
                 raise PrunusError(f"{field}: {str(exc).rstrip('.')}.") from None
-            model.eval()
-            try:
-                with torch.no_grad():
-                    out = model(torch.from_numpy(data.x[:2]))
-            except Exception as exc:  # noqa: BLE001 - any failure means the model does not fit
-                raise PrunusError(f"{where} fails on inputs of shape "
-                                  f"{tuple(data.input_shape)}: {exc}.") from None
-            if tuple(getattr(out, "shape", ())) != (min(2, len(data)), data.num_classes):
-                raise PrunusError(f"{where} outputs shape {tuple(getattr(out, 'shape', ()))} for "
-                                  f"2 examples; it must give one logit per class "
-                                  f"({data.num_classes}).")
+            check_fit(model, data, f"{field} ({name!r})")
 
 
 def id_table(dataset):

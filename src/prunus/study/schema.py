@@ -10,6 +10,7 @@ config is validated, so a new method needs no change here. The TOML format is de
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -19,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from prunus.config import StrictModel, TrainConfig
-from prunus.errors import PrunusError, choice_error
+from prunus.errors import PrunusError, choice_error, setting_error
 from prunus.study import plugins
 from prunus.study.messages import PolicyError, describe_error
 
@@ -88,8 +89,9 @@ class ModelConfig(StrictModel):
 class ProxyConfig(StrictModel):
     """How a static score is computed: short proxy runs of ``model``, averaged over ``seeds``.
 
-    ``epochs`` defaults to 20% of the study's epochs (at least 1), trained on the study's LR
-    schedule as the first epochs of a full run; ``model`` defaults to the run's model; ``train``
+    ``epochs`` defaults to ⌈20%⌉ of the study's epochs (at least 1; trajectory methods at least
+    their ``default_epochs``, see :func:`prunus.data.scoring.default_proxy_epochs`), trained on
+    the study's LR schedule as the first epochs of a full run; ``model`` defaults to the run's model; ``train``
     overrides the study's training settings for the proxy runs; ``options`` are the score
     method's own settings (e.g. ``kind = "margin"`` for uncertainty).
     """
@@ -117,11 +119,14 @@ class ProxyConfig(StrictModel):
 
 
 class PolicyConfig(StrictModel):
-    """One policy: exactly one of ``score`` (static data), ``online``, ``weights`` or
-    ``negatives``.
+    """One policy: exactly one of ``score`` or ``scores`` (static data), ``online``,
+    ``weights`` or ``negatives``.
 
     Static: ``score`` method, ``select`` policy (hardest, easiest, band, ccs…), ``stratify``,
-    ``select_options`` (e.g. CCS's ``beta``), ``proxy`` (how scores are computed). With
+    ``select_options`` (e.g. CCS's ``beta``), ``proxy`` (how scores are computed). Instead of
+    ``score``, ``scores`` names a precomputed score table (a ``.parquet`` file written by
+    ``prunus score``); it must have been made on the study's dataset (checked before any run)
+    and each run selecting from it is charged the cost recorded in its metadata. With
     ``score = "label_issue"``, ``select`` may also be ``remove_issues`` (train without the
     flagged examples; the grid adds the same number removed at random) or ``relabel_issues``
     (flagged examples relabelled to their suggested label); these take no ``keep``.
@@ -132,6 +137,7 @@ class PolicyConfig(StrictModel):
     """
 
     score: str | None = None
+    scores: str | None = None
     select: str = "hardest"
     stratify: bool = True
     select_options: dict[str, Any] = Field(default_factory=dict)
@@ -149,8 +155,14 @@ class PolicyConfig(StrictModel):
     @model_validator(mode="after")
     def _one_kind(self) -> PolicyConfig:
         kinds = [k for k in KINDS if getattr(self, k) is not None]
+        if self.scores is not None:
+            if self.score is not None:
+                raise ValueError("takes one of score (computed by the study) or scores (a "
+                                 "precomputed table), not both")
+            kinds.append("scores")
         if len(kinds) != 1:
-            raise ValueError("needs exactly one of score, online, weights, negatives or lm")
+            raise ValueError("needs exactly one of score, scores, online, weights, negatives "
+                             "or lm")
         if self.kind != "static" and self.select_options:
             raise ValueError("select_options applies only to static (score) policies")
         if self.kind in ("negatives", "lm"):
@@ -174,6 +186,15 @@ class PolicyConfig(StrictModel):
         check_train_overrides(self.train)
         return self
 
+    @field_validator("scores")
+    @classmethod
+    def _table_file(cls, scores: str | None) -> str | None:
+        if scores is not None and not scores.endswith(".parquet"):
+            raise ValueError(f"must be a score table file ending in .parquet (got {scores!r})")
+        if scores is not None and not Path(scores).is_file():
+            raise ValueError(f"file {scores!r} does not exist")
+        return scores
+
     @property
     def label_arm(self) -> bool:
         """Whether this is a label-issue arm (``remove_issues`` / ``relabel_issues``)."""
@@ -181,7 +202,7 @@ class PolicyConfig(StrictModel):
 
     @property
     def kind(self) -> Literal["static", "online", "weights", "negatives", "lm"]:
-        if self.score is not None:
+        if self.score is not None or self.scores is not None:
             return "static"
         if self.online is not None:
             return "online"
@@ -191,7 +212,8 @@ class PolicyConfig(StrictModel):
 
     @property
     def method(self) -> str:
-        return self.score or self.online or self.weights or self.negatives or self.lm or ""
+        return (self.score or self.scores or self.online or self.weights or self.negatives
+                or self.lm or "")
 
     @property
     def display(self) -> str:
@@ -199,6 +221,8 @@ class PolicyConfig(StrictModel):
             return self.label
         if self.label_arm:
             return display_name(self.select)
+        if self.scores is not None:
+            return f"{Path(self.scores).stem}-{display_name(self.select)}"
         if self.kind == "static":
             return f"{display_name(self.method)}-{display_name(self.select)}"
         return display_name(self.method)
@@ -413,7 +437,10 @@ def check_method(policy: PolicyConfig, where: str, keeps: list[float],
         if methods is None:
             raise PolicyError(f"{where}.score: static scoring is not available in this "
                               "installation (prunus.data.score is missing).")
-        if policy.score not in methods:
+        if policy.scores is not None and policy.proxy != ProxyConfig():
+            raise PolicyError(f"{where}.proxy does not apply to a precomputed table "
+                              f"({where}.scores): its proxy runs were made with the table.")
+        if policy.score is not None and policy.score not in methods:
             raise PolicyError(str(choice_error(f"{where}.score", policy.score, methods)))
         policies = plugins.select_policies()
         if policies is not None and policy.select not in (*policies, *LABEL_SELECTS):
@@ -423,6 +450,11 @@ def check_method(policy: PolicyConfig, where: str, keeps: list[float],
         if unknown:
             raise PolicyError(f"{where}.proxy.options: {unknown!r} is not a setting of "
                               f"score method {policy.score!r}.")
+        settings = select_settings()
+        for key in policy.select_options:
+            if key not in settings:
+                raise PolicyError(f"{where}.select_options: " + str(setting_error(
+                    key, f"select policy {policy.select!r}", settings)))
         for keep in keeps:
             dry_run(f"{where}.select_options", plugins.try_select, policy.select, keep,
                     policy.stratify, policy.select_options)
@@ -456,6 +488,16 @@ def check_method(policy: PolicyConfig, where: str, keeps: list[float],
         for sparsity in sparsities:
             dry_run(f"{where}.options", plugins.sparsifier, policy.weights, sparsity, 0,
                     **policy.options)
+
+
+def select_settings() -> list[str]:
+    """The keywords of ``prunus.data.select`` a policy's ``select_options`` may set (the study
+    sets the fraction, the policy, stratification, the seed and the dataset itself)."""
+    from prunus.data import select
+
+    fixed = {"stratify", "seed", "dataset"}
+    return [name for name, p in inspect.signature(select).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and name not in fixed]
 
 
 def check_static(policy: PolicyConfig, where: str, study_epochs: int) -> None:

@@ -45,7 +45,7 @@ def prune_command(
     from prunus.datasets import load
     from prunus.errors import PrunusError
     from prunus.files import check_writable
-    from prunus.models import build_model
+    from prunus.models import build_model, check_fit
     from prunus.train import Trainer
     from prunus.train.progress import RichProgress
     from prunus.weights import get_sparsifier, save, sparsity_report
@@ -78,6 +78,7 @@ def prune_command(
     sparsifier = get_sparsifier(method, sparsity=sparsity, seed=seed, **settings)
     data = load(dataset, **parse_options(option))
     net = build_model(model, data.input_shape, data.num_classes, seed=seed)
+    check_fit(net, data, f"--model {model!r}")
     callbacks = [sparsifier] + ([] if as_json else [RichProgress(console=err_console, description=method)])
     final = Trainer(net, data, callbacks=callbacks, **train).fit().final
     rows = sparsity_report(net, sparsifier.targets)
@@ -126,7 +127,7 @@ def _prune_channels(
     from prunus.cli import console, err_console
     from prunus.datasets import load
     from prunus.errors import PrunusError, choice_error
-    from prunus.models import build_model
+    from prunus.models import build_model, check_fit
     from prunus.train import Trainer
     from prunus.train.meter import measure_flops
     from prunus.train.progress import RichProgress
@@ -151,6 +152,7 @@ def _prune_channels(
         raise PrunusError(f"--setting finetune must be a whole number of epochs >= 0 (got {finetune!r}).")
     data = load(dataset, **options)
     net = build_model(model, data.input_shape, data.num_classes, seed=train["seed"])
+    check_fit(net, data, f"--model {model!r}")
     progress = [] if as_json else [RichProgress(console=err_console, description="dense")]
     dense = Trainer(net, data, callbacks=progress, **train).fit().final
     masked = plain_copy(net)

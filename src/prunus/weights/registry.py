@@ -110,10 +110,13 @@ def get_sparsifier(method: str, sparsity: float = 0.9, seed: int = 0, **settings
 
 
 def _allowed_settings(factory) -> set[str]:
-    names: set[str] = set()
+    """The settings a weight method takes: the keyword parameters of its factory and of its
+    ``target`` class (and the target's bases), less ``*args``/``**kwargs`` and what the factory
+    itself fixes (``sparsity``, ``seed``, and the ``method`` a one-shot factory is made for)."""
+    fixed = {"self", "sparsity", "seed"} | set(inspect.getclosurevars(factory).nonlocals)
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     cls = getattr(factory, "target", None)
-    for klass in (cls.__mro__ if cls else ()):
-        if "__init__" in vars(klass):
-            names |= set(inspect.signature(klass.__init__).parameters)
-    names |= set(inspect.signature(factory).parameters)
-    return names - {"self", "sparsity", "seed", "common", "settings", "defaults"}
+    functions = [k.__init__ for k in (cls.__mro__ if cls else ()) if "__init__" in vars(k)]
+    names = {name for fn in (*functions, factory)
+             for name, p in inspect.signature(fn).parameters.items() if p.kind in keyword}
+    return names - fixed
