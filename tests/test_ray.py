@@ -3,6 +3,7 @@
 path, a killed actor retried, a killed study driver resumed, and the bad-input sentences."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,7 +76,7 @@ def cluster():
     Both nodes run without token authentication (a ``~/.ray/auth_token`` left by another Ray
     would otherwise make the second node's join fail) and with the prunus under test on their
     path. Teardown kills exactly this cluster's processes (by pid), so other Ray clusters on
-    the machine are left alone."""
+    the machine are left alone, and removes its temporary directory."""
     if ray is None:
         pytest.skip("the 'ray' extra is not installed (pip install 'prunus[ray]')")
     temp_dir = tempfile.mkdtemp(prefix="prr", dir="/tmp")
@@ -110,6 +111,7 @@ def cluster():
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(processes, timeout=10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         assert not [p for p in processes if p.is_running() and p.status() != "zombie"]
 
 
