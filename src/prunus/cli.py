@@ -61,7 +61,7 @@ def datasets_list() -> None:
 
     table = Table("name", "description", "extra")
     for entry in list_datasets():
-        table.add_row(entry.name, entry.description, entry.extra or "")
+        table.add_row(entry.name, entry.summary, entry.extra or "")
     console.print(table)
 
 
@@ -155,7 +155,7 @@ def train(
 
 @app.command("methods")
 def methods(
-    family: str | None = typer.Argument(None, help="one family: scores, online, weights or models"),
+    family: str | None = typer.Argument(None, help="one family: datasets, models, scores, select, online, weights or negatives"),
     as_json: bool = typer.Option(False, "--json", help="print {family: {name: summary}}"),
 ) -> None:
     """List every registered method of every family, one line each."""

@@ -1,5 +1,5 @@
-"""One registry shape for every family of methods (score methods, online methods, weight
-methods, models).
+"""One registry shape for every family of methods (datasets, models, score methods, selection
+policies, online methods, weight methods, negatives policies).
 
 A family keeps a :class:`Registry`; a method is added in ONE place, where it is defined::
 
@@ -19,7 +19,9 @@ so ``name in ONLINE`` and ``sorted(WEIGHTS)`` work.
 Methods come from three places, loaded lazily on the first lookup (``get``, ``names``, ``in``,
 iteration...), never at import, so importing a family stays cheap:
 
-1. the family's built-in modules (``modules=``), which register their methods when imported;
+1. the family's built-in modules (``modules=``, and every module of the ``packages=``, found by
+   listing the package: a new built-in score method is one new file in ``prunus.data.scores``),
+   which register their methods when imported;
 2. third-party packages, through the entry-point group ``prunus.<family>`` (e.g.
    ``[project.entry-points."prunus.scores"] mine = "my_pkg.methods:my_scores"``): the entry
    point's name is the method name and the loaded object is registered under it, unless
@@ -40,7 +42,9 @@ importable module and name it in ``PRUNUS_PLUGINS`` or in an entry point.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
+import pkgutil
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +74,14 @@ class Entry:
             return defaults[key]
         raise AttributeError(f"{type(self).__name__} {self.name!r} has no field {key!r}")
 
+    def options(self) -> dict[str, Any]:
+        """The callable's options: parameters passable by keyword that have a default, with it."""
+        return {
+            p.name: p.default
+            for p in inspect.signature(self.obj).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty
+        }
+
 
 def first_line(obj: Any) -> str:
     """The first non-empty line of ``obj``'s docstring ('' if it has none)."""
@@ -85,13 +97,16 @@ class Registry(Mapping):
             ``prunus.<family>``.
         field: how errors name the value (default: ``"<family> method"``).
         modules: built-in modules imported on the first lookup (they register the built-ins).
+        packages: packages whose every module is imported on the first lookup, before ``modules``.
     """
 
-    def __init__(self, family: str, *, field: str | None = None, modules: tuple[str, ...] = ()) -> None:
+    def __init__(self, family: str, *, field: str | None = None, modules: tuple[str, ...] = (),
+                 packages: tuple[str, ...] = ()) -> None:
         self.family = family
         self.field = field or f"{family} method"
         self.group = f"prunus.{family}"
         self.modules = tuple(modules)
+        self.packages = tuple(packages)
         self._entries: dict[str, Entry] = {}
         self._loaded = False
         self._lock = threading.RLock()
@@ -184,7 +199,7 @@ class Registry(Mapping):
                 return
             self._loaded = True  # set first: modules imported below register into self
             try:
-                for module in self.modules:
+                for module in (*package_modules(self.packages), *self.modules):
                     importlib.import_module(module)
                 import_plugins()
                 self._load_entry_points()
@@ -212,6 +227,15 @@ class Registry(Mapping):
                 ) from exc
             if point.name not in self._entries and callable(obj):
                 self.add(point.name, obj)
+
+
+def package_modules(packages: tuple[str, ...]) -> list[str]:
+    """The modules of each package in ``packages`` (not recursive), sorted by name."""
+    names = []
+    for package in packages:
+        path = importlib.import_module(package).__path__
+        names += sorted(f"{package}.{info.name}" for info in pkgutil.iter_modules(path))
+    return names
 
 
 def import_plugins(modules: str | list[str] | tuple[str, ...] | None = None) -> None:
@@ -242,33 +266,29 @@ def import_plugins(modules: str | list[str] | tuple[str, ...] | None = None) -> 
 
 
 # The families. Each family module registers its built-ins into one of these.
-SCORES = Registry(
-    "scores",
-    field="method",
-    modules=(
-        "prunus.data.scores.loss",
-        "prunus.data.scores.grand",
-        "prunus.data.scores.trajectory",
-        "prunus.data.scores.prototypes",
-        "prunus.data.labels",
-    ),
+DATASETS = Registry(
+    "datasets",
+    field="dataset",
+    modules=("prunus.datasets.bundled", "prunus.datasets.pycode", "prunus.text.corpus"),
 )
+MODELS = Registry("models", field="model", modules=("prunus.models",))
+SCORES = Registry("scores", field="method", modules=("prunus.data.labels",),
+                  packages=("prunus.data.scores",))
+SELECT = Registry("select", field="policy", modules=("prunus.data.select",))
 ONLINE = Registry("online", field="online method", modules=("prunus.data.online",))
 WEIGHTS = Registry("weights", field="weight method", modules=("prunus.weights.registry",))
-MODELS = Registry("models", field="model", modules=("prunus.models",))
+NEGATIVES = Registry("negatives", field="negatives policy", modules=("prunus.negatives.policy",))
 
 FAMILIES: dict[str, Registry] = {
+    "datasets": DATASETS,
+    "models": MODELS,
     "scores": SCORES,
+    "select": SELECT,
     "online": ONLINE,
     "weights": WEIGHTS,
-    "models": MODELS,
+    "negatives": NEGATIVES,
 }
 
 
-def describe_all() -> dict[str, dict[str, str]]:
-    """``{family: {name: one line}}`` for every family (loads them all, torch included)."""
-    return {family: registry.describe() for family, registry in FAMILIES.items()}
-
-
-__all__ = ["FAMILIES", "MODELS", "ONLINE", "PLUGINS_ENV", "SCORES", "WEIGHTS", "Entry", "Registry",
-           "describe_all", "import_plugins"]
+__all__ = ["DATASETS", "FAMILIES", "MODELS", "NEGATIVES", "ONLINE", "PLUGINS_ENV", "SCORES", "SELECT",
+           "WEIGHTS", "Entry", "Registry", "import_plugins"]

@@ -6,33 +6,20 @@
 - :mod:`prunus.data.scores` has the functional forms (one file per score family);
   :mod:`prunus.data.online` selects examples inside the training loop.
 
-Importing this package is light: torch-based parts load on first use.
+Importing this package is light (no numpy, no torch): every part loads on first use.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
-
-from prunus.data.select import SELECT_POLICIES, TieWarning, select
-
-SCORE_METHODS = (
-    "loss",
-    "el2n",
-    "grand",
-    "grand_last_layer",
-    "uncertainty",
-    "forgetting",
-    "aum",
-    "dynamic_uncertainty",
-    "prototypes",
-    "kcenter",
-    "label_issue",
-)
 
 _LAZY = {
     "score": "prunus.data.scoring",
     "ScoreTable": "prunus.data.table",
+    "TieWarning": "prunus.data.select",
     "find_label_issues": "prunus.data.labels",
     "confident_learning": "prunus.data.labels",
     "out_of_fold_probs": "prunus.data.labels",
@@ -40,10 +27,33 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    # ``SCORE_METHODS`` / ``SELECT_POLICIES``: the names of the registries ``prunus.registry.SCORES``
+    # / ``SELECT`` (built-ins and registered methods), looked up when asked.
+    if name in ("SCORE_METHODS", "SELECT_POLICIES"):
+        from prunus.registry import SCORES, SELECT
+
+        return (SCORES if name == "SCORE_METHODS" else SELECT).names()
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'prunus.data' has no attribute {name!r}")
 
+
+class _Package(types.ModuleType):
+    """``prunus.data.select`` names the function :func:`select`, not its submodule: the import
+    system binds the submodule here when it is first imported, and that binding is ignored."""
+
+    @property
+    def select(self):
+        from prunus.data.select import select
+
+        return select
+
+    @select.setter
+    def select(self, value: Any) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "SCORE_METHODS", "SELECT_POLICIES", "ScoreTable", "TieWarning", "confident_learning",

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import typer
 from rich.table import Table
 
 from prunus.errors import PrunusError
 from prunus.files import atomic_write, check_writable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 scores_app = typer.Typer(help="Inspect and compare score tables.", no_args_is_help=True)
 labels_app = typer.Typer(help="Find mislabeled training examples.", no_args_is_help=True)
@@ -44,6 +47,9 @@ def score_command(
     kind: str = typer.Option("entropy", help="uncertainty: entropy, least_confidence or margin"),
     clusters: int | None = typer.Option(None, min=1, help="prototypes: k-means clusters (default: classes)"),
     window: int = typer.Option(10, min=2, help="dynamic_uncertainty: presentations per window"),
+    method_option: list[str] | None = typer.Option(
+        None, "--method-option", help="score method setting name=value (see prunus methods scores)"
+    ),
     noise: float = typer.Option(0.0, help="symmetric label-noise rate"),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
     model_option: list[str] | None = typer.Option(
@@ -71,6 +77,7 @@ def score_command(
 
     if method not in SCORES:
         raise choice_error("--method", method, SCORES.names())
+    score_options, method_options = split_method_options(method, parse_options(method_option, "--method-option"))
     if out.suffix != ".parquet":
         raise PrunusError(f"--out must end in .parquet (got {str(out)!r}).")
     if executor not in ("local", "ray"):
@@ -99,7 +106,8 @@ def score_command(
         table = score(
             data, model=model, method=method, epochs=epochs, full_epochs=full_epochs,
             proxy_fraction=proxy_fraction, seeds=list(range(seeds)), batch_size=batch_size,
-            kind=kind, clusters=clusters, window=window,
+            **{"kind": kind, "clusters": clusters, "window": window, **score_options},
+            method_options=method_options or None,
             model_options=parse_options(model_option, "--model-option"),
             progress=None if progress is None else report, executor=executor,
             address=address, workers=workers, **settings,
@@ -112,6 +120,44 @@ def score_command(
         print(json.dumps(table.metadata, default=str))
         return
     console.print(_summary(table, title=f"{method} scores → {out}"))
+
+
+# what score() passes to a method itself: never a --method-option
+_SET_BY_SCORE = frozenset({"batch_size", "progress", "seed", "seeds", "epochs", "model_options"})
+
+
+def split_method_options(method: str, options: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """``--method-option`` settings as (``score()`` arguments, further keywords of the method).
+
+    A setting is a parameter with a default of the method's registered function (or class), or
+    the ``score()`` option a parameter is mapped to (its spec's ``options``: ``uncertainty``
+    ``kind``, ``prototypes`` ``k`` = ``clusters``, ``dynamic_uncertainty`` ``window``,
+    ``label_issue`` ``folds``), which then goes to that ``score()`` argument; what ``score()``
+    sets itself (batch size, progress, seeds, epochs) is not a setting.
+
+    Raises:
+        PrunusError: a name that is not a setting of ``method`` (naming the allowed ones).
+    """
+    from prunus.data.scoring import method_info
+    from prunus.registry import SCORES
+
+    info = method_info(method)
+    mapped = dict(info.options)  # function keyword -> score() option
+    own = set(SCORES.entry(method).options()) - _SET_BY_SCORE - set(info.kwargs) - set(mapped)
+    allowed = own | set(mapped) | set(mapped.values())
+    to_score: dict[str, object] = {}
+    to_method: dict[str, object] = {}
+    for key, value in options.items():
+        if key not in allowed:
+            raise PrunusError(
+                f"--method-option {key!r} is not a setting of score method {method!r}; "
+                f"allowed: {', '.join(sorted(allowed)) or 'none'}."
+            )
+        if key in own:
+            to_method[key] = value
+        else:
+            to_score[mapped.get(key, key)] = value
+    return to_score, to_method
 
 
 def select_command(
@@ -129,6 +175,8 @@ def select_command(
     option: list[str] | None = typer.Option(None, "--option", "-o", help="dataset name=value"),
 ) -> None:
     """Keep an exact fraction of the examples of a score table and write their ids."""
+    import numpy as np
+
     from prunus.cli import console, parse_options
     from prunus.data.select import select
     from prunus.data.table import ScoreTable
@@ -184,6 +232,8 @@ def compare_command(
     policy: str = typer.Option("hardest", help="policy whose kept sets are compared"),
 ) -> None:
     """Spearman rank correlation of two score tables and the overlap of their kept sets."""
+    import numpy as np
+
     from prunus.cli import console
     from prunus.data.select import select
     from prunus.data.table import ScoreTable
@@ -217,6 +267,8 @@ def show_command(
 
 
 def _summary(table, title: str) -> Table:
+    import numpy as np
+
     meta = table.metadata
     cost = meta.get("cost") or {}
     scores = table.scores()
@@ -350,6 +402,8 @@ def labels_show_command(
 ) -> None:
     """Show a label-issue table: how many were flagged (per class), the most likely issues with
     their given and suggested labels, and precision/recall where the dataset recorded its flips."""
+    import numpy as np
+
     from prunus.cli import console
     from prunus.data.table import ScoreTable
 
@@ -404,6 +458,8 @@ def labels_show_command(
 
 def _against_flips(table) -> dict | None:
     """Precision, recall and F1 of the flags against the ids the dataset recorded as flipped."""
+    import numpy as np
+
     flipped = np.asarray((table.metadata.get("dataset") or {}).get("flipped_ids") or [], dtype=np.int64)
     if not len(flipped):
         return None
@@ -417,6 +473,8 @@ def _against_flips(table) -> dict | None:
 
 def _read_pred_probs(path: Path) -> np.ndarray:
     """A (N, C) float array from a .npy file (no pickle)."""
+    import numpy as np
+
     from prunus.errors import reading
 
     if path.suffix != ".npy":

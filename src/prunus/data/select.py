@@ -29,17 +29,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from prunus.counts import fraction_count
-from prunus.errors import PrunusError, choice_error
+from prunus.errors import PrunusError
+from prunus.registry import SELECT
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunus.data.table import ScoreTable
     from prunus.datasets.base import Dataset
 
-SELECT_POLICIES = ("hardest", "easiest", "band", "ccs", "random")
 TIE_WARNING_SHARE = 0.10
 
 __all__ = [
-    "SELECT_POLICIES", "TIE_WARNING_SHARE", "TieWarning", "ccs_bin_counts", "class_quotas",
+    "TIE_WARNING_SHARE", "TieWarning", "ccs_bin_counts", "class_quotas",
     "keep_count", "select", "tie_keys",
 ]
 
@@ -81,7 +81,8 @@ def select(
     Args:
         table: a :class:`~prunus.data.table.ScoreTable` (from :func:`prunus.data.score`).
         fraction: share of the examples to keep, in (0, 1].
-        policy: one of ``SELECT_POLICIES``. Default ``"hardest"``.
+        policy: a name of the registry ``prunus.registry.SELECT`` (``SELECT_POLICIES``: the
+            policies above and any registered one). Default ``"hardest"``.
         stratify: keep each class's share of the budget. Default True.
         seed: seed of the random draws (``ccs``, ``random``) and of the random tie-breaking
             between equal scores (every policy). Default 0.
@@ -105,8 +106,7 @@ def select(
         TieWarning: more than ``TIE_WARNING_SHARE`` of the kept examples were chosen among
             examples tied at a boundary score (``hardest``, ``easiest``, ``band``).
     """
-    if policy not in SELECT_POLICIES:
-        raise choice_error("policy", policy, SELECT_POLICIES)
+    method = SELECT.entry(policy)
     n = len(table)
     budget = keep_count(fraction, n)
     if not 0.0 <= beta < 1.0:
@@ -131,14 +131,14 @@ def select(
     )
     quotas = class_quotas(np.array([len(g) for g in groups]), budget)
     keys = tie_keys(table.ids, seed)
+    settings = {"skip_hardest": skip_hardest, "beta": beta, "bins": int(bins)}
+    options = {key: settings[key] for key in method.options() if key in settings}
     rows, weights, tied = [], [], 0
     for group, quota in zip(groups, quotas):
         if quota == 0:
             continue
-        picked, w, t = _select_group(
-            policy, hardness[group], keys[group], int(quota), rng,
-            skip_hardest, beta, int(bins),
-        )
+        ranking = np.lexsort((keys[group], -hardness[group]))  # hardest first; ties: random key
+        picked, w, t = method.obj(hardness[group], ranking, int(quota), rng, **options)
         rows.append(group[picked])
         weights.append(w)
         tied += t
@@ -214,33 +214,48 @@ def tie_keys(ids: np.ndarray, seed: int = 0) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _select_group(
-    policy: str,
-    hardness: np.ndarray,
-    keys: np.ndarray,
-    quota: int,
-    rng: np.random.Generator,
-    skip_hardest: float | None,
-    beta: float,
-    bins: int,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Positions (within the group) of the ``quota`` kept examples, their weights, and how many
-    of them were decided by a tie at a boundary."""
+# Each policy picks ``quota`` positions of one group (a class, or the whole table) from its
+# hardness and its ranking (hardest first, ties in random key order) and returns them with their
+# loss weights and how many were decided by a tie at a boundary. Add one with
+# ``@SELECT.register(name)``; its keyword-only options are the ``select`` settings it reads.
+Picked = tuple[np.ndarray, np.ndarray, int]
+
+
+@SELECT.register("hardest")
+def _hardest(hardness: np.ndarray, ranking: np.ndarray, quota: int, rng: np.random.Generator) -> Picked:
+    """The highest hardness (Data Diet, forgetting: keep what is hard to learn)."""
+    return ranking[:quota], np.ones(quota), _tied(hardness, ranking, 0, quota)
+
+
+@SELECT.register("easiest")
+def _easiest(hardness: np.ndarray, ranking: np.ndarray, quota: int, rng: np.random.Generator) -> Picked:
+    """The lowest hardness (Sorscher et al. 2022: keep easy examples when data is scarce)."""
     n = len(hardness)
-    ones = np.ones(quota)
-    if policy == "random":
-        return rng.choice(n, size=quota, replace=False), ones, 0
-    ranking = np.lexsort((keys, -hardness))  # hardest first; ties: random key order
-    if policy == "hardest":
-        return ranking[:quota], ones, _tied(hardness, ranking, 0, quota)
-    if policy == "easiest":
-        return ranking[n - quota :], ones, _tied(hardness, ranking, n - quota, n)
-    if policy == "band":
-        skip = (n - quota) // 2 if skip_hardest is None else fraction_count(skip_hardest, n)
-        start = min(skip, n - quota)
-        return ranking[start : start + quota], ones, _tied(hardness, ranking, start, start + quota)
+    return ranking[n - quota :], np.ones(quota), _tied(hardness, ranking, n - quota, n)
+
+
+@SELECT.register("band")
+def _band(hardness: np.ndarray, ranking: np.ndarray, quota: int, rng: np.random.Generator, *,
+          skip_hardest: float | None = None) -> Picked:
+    """A contiguous hardness band after skipping ``skip_hardest`` (default: centred)."""
+    n = len(hardness)
+    skip = (n - quota) // 2 if skip_hardest is None else fraction_count(skip_hardest, n)
+    start = min(skip, n - quota)
+    return ranking[start : start + quota], np.ones(quota), _tied(hardness, ranking, start, start + quota)
+
+
+@SELECT.register("ccs")
+def _ccs_policy(hardness: np.ndarray, ranking: np.ndarray, quota: int, rng: np.random.Generator, *,
+                beta: float = 0.1, bins: int = 50) -> Picked:
+    """Coverage-centric Coreset Selection (Zheng et al. 2023): drop the hardest beta, fill by bins."""
     picked, weights = _ccs(hardness, ranking, quota, rng, beta, bins)
     return picked, weights, 0
+
+
+@SELECT.register("random")
+def _random(hardness: np.ndarray, ranking: np.ndarray, quota: int, rng: np.random.Generator) -> Picked:
+    """A uniform random subset (the baseline every policy has to beat)."""
+    return rng.choice(len(hardness), size=quota, replace=False), np.ones(quota), 0
 
 
 def _tied(hardness: np.ndarray, ranking: np.ndarray, start: int, stop: int) -> int:
@@ -285,3 +300,9 @@ def _ccs(
         picked.append(rng.choice(np.sort(member), size=count, replace=False))
         weights.append(np.full(count, len(member) / count))
     return np.concatenate(picked), np.concatenate(weights)
+
+
+def __getattr__(name: str):
+    if name == "SELECT_POLICIES":  # the registry's names, looked up when asked
+        return SELECT.names()
+    raise AttributeError(f"module 'prunus.data.select' has no attribute {name!r}")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,50 +9,28 @@ import numpy as np
 from prunus.datasets.base import Dataset
 from prunus.datasets.noise import add_label_noise
 from prunus.errors import PrunusError, choice_error
+from prunus.registry import DATASETS, Entry
 
-
-@dataclass(frozen=True)
-class DatasetEntry:
-    name: str
-    loader: Callable[..., Dataset]
-    description: str
-    extra: str | None = None
-
-    def options(self) -> dict[str, object]:
-        """The loader's keyword options and their defaults."""
-        sig = inspect.signature(self.loader)
-        return {
-            p.name: p.default
-            for p in sig.parameters.values()
-            if p.kind is p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
-        }
-
-
-_REGISTRY: dict[str, DatasetEntry] = {}
 FILE_SUFFIXES = (".npz", ".parquet", ".csv")
 
 
 def register(name: str, description: str, extra: str | None = None):
-    """Decorator that adds a loader ``fn(**options) -> Dataset`` to the registry."""
-
-    def decorate(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        _REGISTRY[name] = DatasetEntry(name, loader, description, extra)
-        return loader
-
-    return decorate
+    """Decorator that adds a loader ``fn(**options) -> Dataset`` to the dataset registry
+    (``prunus.registry.DATASETS``); ``description`` is its one line, ``extra`` the pip extra
+    it needs (if any)."""
+    return DATASETS.register(name, summary=description, extra=extra)
 
 
-def list_datasets() -> list[DatasetEntry]:
-    """All registered datasets, sorted by name."""
-    _import_bundled()
-    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+def list_datasets() -> list[Entry]:
+    """All registered datasets (``entry.name``, ``.summary``, ``.extra``, ``.options()``), by name."""
+    return [DATASETS.entry(name) for name in sorted(DATASETS)]
 
 
-def get_entry(name: str) -> DatasetEntry:
-    _import_bundled()
-    if name not in _REGISTRY:
-        raise choice_error("dataset", name, list(_REGISTRY) + ["a path to .npz/.parquet/.csv"])
-    return _REGISTRY[name]
+def get_entry(name: str) -> Entry:
+    """The registry entry of dataset ``name`` (a one-sentence error listing the valid names)."""
+    if name not in DATASETS:
+        raise choice_error("dataset", name, [*DATASETS, "a path to .npz/.parquet/.csv"])
+    return DATASETS.entry(name)
 
 
 def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, noise_kind: str = "symmetric",
@@ -90,7 +65,7 @@ def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, noise_kind: str 
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise choice_error(f"option of dataset {name!r}", unknown[0], allowed)
-        dataset = entry.loader(**options)
+        dataset = entry.obj(**options)
     if not isinstance(dataset, Dataset):  # a retrieval dataset (pycode): no labels to check
         if noise:
             raise PrunusError(f"noise applies to classification datasets only, not {name!r}.")
@@ -104,11 +79,3 @@ def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, noise_kind: str 
         dataset = add_label_noise(dataset, rate=noise, seed=noise_seed, kind=noise_kind)
     return dataset
 
-
-def _import_bundled() -> None:
-    # Registration happens on import of the bundled module; done lazily to keep imports light.
-    from prunus.datasets import (
-        bundled,  # noqa: F401
-        pycode,  # noqa: F401
-    )
-    from prunus.text import corpus  # noqa: F401  (stdlib, text)

@@ -33,10 +33,6 @@ from prunus.train.trainer import Batch, State
 # A per-example loss of a framework batch: ``loss_fn(batch) -> (B,)`` float tensor.
 LossFn = Callable[[Any], torch.Tensor]
 
-# One-shot criteria that score on a batch of (x, y) (classification cross-entropy).
-_DATA_CRITERIA = ("gradient", "snip", "grasp", "synflow")
-
-
 class PolicyRunner:
     """Runs prunus policies (online data and weight callbacks) inside another training loop.
 
@@ -278,11 +274,12 @@ class PolicyRunner:
                     "rho_loss trains its irreducible-loss model with prunus: pass train_data= "
                     "(the training set as a prunus Dataset, row for row)."
                 )
-            method = getattr(policy, "method", None)
-            if _is_weight_policy(policy) and method in _DATA_CRITERIA and self.scoring_data is None \
-                    and self.train_data is None:
+            needs = _needs(policy) if _is_weight_policy(policy) else None
+            if needs and self.scoring_data is None and self.train_data is None:
+                what = ("scores on data" if needs == "data" else
+                        "is data-free but needs the model's input shape (read from the batch)")
                 raise PrunusError(
-                    f"weight method {method!r} scores on data: pass scoring_data= (an (x, y) "
+                    f"weight method {policy.method!r} {what}: pass scoring_data= (an (x, y) "
                     "batch of the training set) or train_data= (a prunus Dataset)."
                 )
 
@@ -543,6 +540,15 @@ def collate_rows(rows: list[Any], key: str = "") -> Any:
     if isinstance(first, (list, tuple)):
         return type(first)(collate_rows([r[k] for r in rows]) for k in range(len(first)))
     return first
+
+
+def _needs(policy: Callback) -> str | None:
+    """What a weight policy's criterion reads besides the model (its registration's ``needs``:
+    ``"data"``, ``"input_shape"``) or None."""
+    from prunus.registry import WEIGHTS
+
+    method = getattr(policy, "method", None)
+    return WEIGHTS.entry(method).defaults.get("needs") if method in WEIGHTS else None
 
 
 def _is_weight_policy(policy: Callback) -> bool:

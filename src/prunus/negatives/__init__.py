@@ -19,8 +19,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-NEGATIVE_POLICIES = ("pretrained", "in-batch", "random", "mined", "mined-margin", "mined-guided")
-
 _EXPORTS = {
     "mine": "prunus.negatives.mining",
     "select_negatives": "prunus.negatives.mining",
@@ -46,6 +44,10 @@ _EXPORTS = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "NEGATIVE_POLICIES":  # the registry's names (prunus.registry.NEGATIVES)
+        from prunus.registry import NEGATIVES
+
+        return NEGATIVES.names()
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'prunus.negatives' has no attribute {name!r}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -50,6 +49,8 @@ def mine_command(
     as_json: bool = typer.Option(False, "--json", help="print the statistics as JSON"),
 ) -> None:
     """Mine hard negatives and write (query, positive, negative_1..k) rows to Parquet."""
+    import numpy as np
+
     from prunus.cli import console, parse_options
     from prunus.negatives.filtering import filter_negatives
     from prunus.negatives.mining import check_settings, mine
@@ -155,6 +156,8 @@ def _load_retrieval(dataset: str, options: dict):
 
 def _mining_inputs(dataset, corpus_file, split, n_queries, corpus_size, seed, options):
     """(queries, corpus, positives, duplicate groups per corpus text or None)."""
+    import numpy as np
+
     from prunus.negatives.policy import fill_rows, take_rows
 
     if dataset.endswith(".parquet"):
@@ -186,6 +189,8 @@ def _mining_inputs(dataset, corpus_file, split, n_queries, corpus_size, seed, op
 
 
 def _evaluate_model(dataset, split, model_name, n_queries, corpus_size, seed, max_seq_length, options):
+    import numpy as np
+
     from prunus.negatives.metrics import evaluate
     from prunus.negatives.model import load_model
     from prunus.negatives.policy import fill_rows, take_rows

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field
 
 from prunus.config import StrictModel, validated
 from prunus.errors import PrunusError
+from prunus.registry import NEGATIVES
 
 PolicyName = Literal["pretrained", "in-batch", "random", "mined", "mined-margin", "mined-guided"]
 
@@ -70,7 +72,7 @@ def check_config(config: dict[str, Any]) -> PolicyConfig:
 def run_policy(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     """Fine-tune the embedding model under one negatives policy and evaluate retrieval.
 
-    Policies (``prunus.negatives.NEGATIVE_POLICIES``), each adding to the previous:
+    Policies (the registry ``prunus.registry.NEGATIVES``), each adding to the previous:
 
     * ``pretrained``: no fine-tuning (the reference).
     * ``in-batch``: MultipleNegativesRankingLoss, the other rows' positives as negatives.
@@ -200,6 +202,30 @@ def run_policy(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     out["seconds"] = time.perf_counter() - started
     return out
 
+
+
+# One line per policy for ``prunus methods negatives`` (the details are in :func:`run_policy`).
+_SUMMARIES = {
+    "pretrained": "no fine-tuning (the reference)",
+    "in-batch": "MultipleNegativesRankingLoss: the other rows' positives as negatives",
+    "random": "in-batch + num_negatives random documents of the mining pool per pair",
+    "mined": "in-batch + the top mined negatives in rank_range (no margin)",
+    "mined-margin": "mined under a margin (margin_kind; default relative 0.05)",
+    "mined-guided": "mined-margin + guide/duplicate filtering + GISTEmbed in-batch masking",
+}
+
+
+def _runner(policy: str) -> Callable[..., dict[str, Any]]:
+    def run(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+        return run_policy({**config, "policy": policy}, seed=seed)
+
+    run.__doc__ = f"run_policy(config, seed) under the {policy!r} negatives policy."
+    return run
+
+
+# The registry ``prunus.registry.NEGATIVES``: ``runner(config, seed=0) -> metrics``.
+for _policy in get_args(PolicyName):
+    NEGATIVES.register(_policy, summary=_SUMMARIES[_policy])(_runner(_policy))
 
 def _states(cfg, pretrained, key, train_queries, pool_texts, eval_texts, sample) -> dict | None:
     """The frozen bottom's outputs for every text this sample can train or evaluate on,

@@ -5,64 +5,41 @@ harness reads those registries at validation time and calls the families' entry 
 time, so adding a method to a family needs no change here. Methods from third-party packages
 (entry points ``prunus.<family>``) or from modules named in ``$PRUNUS_PLUGINS`` are found in
 every process, ``--workers`` processes included, on the first lookup there (see
-:mod:`prunus.registry`). A family that is not installed (or not written yet) reports
-``None``: its policies are then unavailable and its baselines are not added.
+:mod:`prunus.registry`).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
+from prunus.registry import NEGATIVES, ONLINE, SCORES, SELECT, WEIGHTS
 
-def score_methods() -> Collection[str] | None:
-    """Static score methods (the registry ``prunus.registry.SCORES``: the built-ins
-    ``prunus.data.SCORE_METHODS`` and any registered method), or None if scoring is absent."""
-    data = _module("prunus.data")
-    if data is None or not hasattr(data, "score"):
-        return None
-    from prunus.registry import SCORES
 
+def score_methods() -> tuple[str, ...]:
+    """Static score methods (the registry ``prunus.registry.SCORES``)."""
     return SCORES.names()
 
 
-def select_policies() -> Collection[str] | None:
-    """Selection policies (``prunus.data.SELECT_POLICIES``), or None if selection is absent."""
-    data = _module("prunus.data")
-    if data is None or not hasattr(data, "select"):
-        return None
-    return tuple(getattr(data, "SELECT_POLICIES", ()))
+def select_policies() -> tuple[str, ...]:
+    """Selection policies (the registry ``prunus.registry.SELECT``)."""
+    return SELECT.names()
 
 
-def online_methods() -> Collection[str] | None:
-    """Online selection methods (the registry ``prunus.registry.ONLINE``), or None if absent."""
-    online = _module("prunus.data.online")
-    if online is None or not hasattr(online, "get_online"):
-        return None
-    from prunus.registry import ONLINE
-
+def online_methods() -> tuple[str, ...]:
+    """Online selection methods (the registry ``prunus.registry.ONLINE``)."""
     return ONLINE.names()
 
 
-def weight_methods() -> Collection[str] | None:
-    """Weight sparsity methods (the registry ``prunus.registry.WEIGHTS``), or None if absent."""
-    weights = _module("prunus.weights")
-    if weights is None or not hasattr(weights, "get_sparsifier"):
-        return None
-    from prunus.registry import WEIGHTS
-
+def weight_methods() -> tuple[str, ...]:
+    """Weight sparsity methods (the registry ``prunus.registry.WEIGHTS``)."""
     return WEIGHTS.names()
 
 
-def negative_policies() -> Collection[str] | None:
-    """Negatives policies (``prunus.negatives.NEGATIVE_POLICIES``), or None if absent."""
-    negatives = _module("prunus.negatives")
-    if negatives is None or not hasattr(negatives, "run_policy"):
-        return None
-    return tuple(getattr(negatives, "NEGATIVE_POLICIES", ()))
+def negative_policies() -> tuple[str, ...]:
+    """Negatives policies (the registry ``prunus.registry.NEGATIVES``)."""
+    return NEGATIVES.names()
 
 
 def check_negatives_settings(config: dict[str, Any]) -> None:
@@ -73,10 +50,8 @@ def check_negatives_settings(config: dict[str, Any]) -> None:
 
 
 def run_negatives(config: dict[str, Any], seed: int) -> dict[str, Any]:
-    """``prunus.negatives.run_policy(...)``: fine-tune and evaluate one negatives policy."""
-    from prunus.negatives import run_policy
-
-    return run_policy(config, seed=seed)
+    """The registered runner of ``config["policy"]``: fine-tune and evaluate one negatives policy."""
+    return NEGATIVES.get(config.get("policy", "in-batch"))(config, seed=seed)
 
 
 def run_lm(config: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -139,12 +114,3 @@ def unknown_score_option(options: dict[str, Any]) -> str | None:
                 "proxy_fraction", "model_options", "batch_size", "train_settings"}
     params = inspect.signature(score).parameters
     return next((k for k in options if k in reserved or k not in params), None)
-
-
-def _module(name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name and name.startswith(exc.name):
-            return None
-        raise

@@ -434,16 +434,13 @@ def check_method(policy: PolicyConfig, where: str, keeps: list[float],
     each policy's settings are tried once at every keep fraction / sparsity it will run at."""
     if policy.kind == "static":
         methods = plugins.score_methods()
-        if methods is None:
-            raise PolicyError(f"{where}.score: static scoring is not available in this "
-                              "installation (prunus.data.score is missing).")
         if policy.scores is not None and policy.proxy != ProxyConfig():
             raise PolicyError(f"{where}.proxy does not apply to a precomputed table "
                               f"({where}.scores): its proxy runs were made with the table.")
         if policy.score is not None and policy.score not in methods:
             raise PolicyError(str(choice_error(f"{where}.score", policy.score, methods)))
         policies = plugins.select_policies()
-        if policies is not None and policy.select not in (*policies, *LABEL_SELECTS):
+        if policy.select not in (*policies, *LABEL_SELECTS):
             raise PolicyError(str(choice_error(f"{where}.select", policy.select,
                                                   [*policies, *LABEL_SELECTS])))
         unknown = plugins.unknown_score_option(policy.proxy.options)
@@ -470,9 +467,6 @@ def check_method(policy: PolicyConfig, where: str, keeps: list[float],
                 ))) from None
     elif policy.kind == "online":
         methods = plugins.online_methods()
-        if methods is None:
-            raise PolicyError(f"{where}.online: online selection is not available in this "
-                              "installation (prunus.data.online is missing).")
         if policy.online not in methods:
             raise PolicyError(str(choice_error(f"{where}.online", policy.online, methods)))
         for keep in keeps:
@@ -480,9 +474,6 @@ def check_method(policy: PolicyConfig, where: str, keeps: list[float],
                     **policy.options)
     else:
         methods = plugins.weight_methods()
-        if methods is None:
-            raise PolicyError(f"{where}.weights: weight sparsity is not available in this "
-                              "installation (prunus.weights.get_sparsifier is missing).")
         if policy.weights not in methods:
             raise PolicyError(str(choice_error(f"{where}.weights", policy.weights, methods)))
         for sparsity in sparsities:
@@ -519,9 +510,6 @@ def check_negatives(field: str, shared: dict[str, Any], options: dict[str, Any],
                     policy: str | None = None) -> None:
     """A negatives policy's name and merged settings, validated now (one sentence per error)."""
     policies = plugins.negative_policies()
-    if policies is None:
-        raise PolicyError(f"{field}: negatives policies are not available in this "
-                          "installation (prunus.negatives is missing).")
     if policy is not None and policy not in policies:
         raise PolicyError(str(choice_error(field.removesuffix(".options") + ".negatives",
                                               policy, policies)))

@@ -39,6 +39,7 @@ def _oneshot(method: str, **defaults) -> Callable[..., Sparsifier]:
     return factory
 
 
+@WEIGHTS.register("nm", summary="one-shot N:M (2:4) magnitude after 50% of training")
 def _nm(sparsity: float, seed: int = 0, m: int = 4, **settings) -> Sparsifier:
     """N:M sparsity with N = (1 − sparsity)·M (sparsity 0.5, M = 4: the 2:4 pattern)."""
     n = (1.0 - float(sparsity)) * m
@@ -65,24 +66,28 @@ def _cls(cls: type[Sparsifier]) -> Callable[..., Sparsifier]:
 
 # The weight registry (``prunus.registry.WEIGHTS``): ``factory(sparsity, seed=0, **settings)``
 # returning a :class:`Sparsifier`; a ``target`` attribute names the class whose keywords are
-# also allowed settings. Register more anywhere with ``@WEIGHTS.register(name, summary=...)``.
-_BUILTINS = {
-    "random": (_oneshot("random", scope="layer", allocation="uniform"),
-               "one-shot at init, per-layer uniform random (baseline)"),
-    "magnitude": (_oneshot("magnitude", at=0.5), "one-shot global |θ| after 50% of training"),
-    "gradient": (_oneshot("gradient"), "one-shot global |∂L/∂θ| at init"),
-    "snip": (_oneshot("snip"), "one-shot global |θ ⊙ ∂L/∂θ| at init (SNIP)"),
-    "grasp": (_oneshot("grasp"), "one-shot global θ ⊙ Hg at init (GraSP)"),
-    "synflow": (_oneshot("synflow"), "one-shot data-free |θ ⊙ ∂R/∂θ| at init, 100 rounds (SynFlow)"),
-    "gmp": (_cls(GradualMagnitude), "gradual cubic magnitude pruning, 10%→60% of training"),
-    "imp": (_cls(LotteryTicket), "iterative magnitude pruning, 3 rounds with rewinding"),
-    "set": (_cls(SET), "sparse from init (ERK), drop |θ| / regrow random every ΔT"),
-    "rigl": (_cls(RigL), "sparse from init (ERK), drop |θ| / regrow by dense gradient"),
-    "granet": (_cls(GraNet), "gradual pruning + drop/regrow by gradient"),
-    "nm": (_nm, "one-shot N:M (2:4) magnitude after 50% of training"),
-}
-for _name, (_factory, _summary) in _BUILTINS.items():
-    WEIGHTS.add(_name, _factory, summary=_summary)
+# also allowed settings; ``needs`` says what its criterion reads besides the model: ``"data"``
+# (batches of (x, y)) or ``"input_shape"`` (data-free SynFlow: only the input's shape); an
+# integration must then be given data (or a batch to take the shape from). Register more
+# anywhere with ``@WEIGHTS.register(name, needs=..., summary=...)``.
+WEIGHTS.register("random", summary="one-shot at init, per-layer uniform random (baseline)")(
+    _oneshot("random", scope="layer", allocation="uniform"))
+WEIGHTS.register("magnitude", summary="one-shot global |θ| after 50% of training")(
+    _oneshot("magnitude", at=0.5))
+WEIGHTS.register("gradient", needs="data", summary="one-shot global |∂L/∂θ| at init")(_oneshot("gradient"))
+WEIGHTS.register("snip", needs="data", summary="one-shot global |θ ⊙ ∂L/∂θ| at init (SNIP)")(_oneshot("snip"))
+WEIGHTS.register("grasp", needs="data", summary="one-shot global θ ⊙ Hg at init (GraSP)")(_oneshot("grasp"))
+WEIGHTS.register("synflow", needs="input_shape",
+                 summary="one-shot data-free |θ ⊙ ∂R/∂θ| at init, 100 rounds (SynFlow)")(_oneshot("synflow"))
+WEIGHTS.register("gmp", summary="gradual cubic magnitude pruning, 10%→60% of training")(
+    _cls(GradualMagnitude))
+WEIGHTS.register("imp", summary="iterative magnitude pruning, 3 rounds with rewinding")(
+    _cls(LotteryTicket))
+WEIGHTS.register("set", summary="sparse from init (ERK), drop |θ| / regrow random every ΔT")(
+    _cls(SET))
+WEIGHTS.register("rigl", summary="sparse from init (ERK), drop |θ| / regrow by dense gradient")(
+    _cls(RigL))
+WEIGHTS.register("granet", summary="gradual pruning + drop/regrow by gradient")(_cls(GraNet))
 WEIGHT_METHODS = WEIGHTS
 
 
