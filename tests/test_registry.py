@@ -10,7 +10,18 @@ import pytest
 from helpers import invoke
 
 from prunus.errors import PrunusError
-from prunus.registry import FAMILIES, MODELS, ONLINE, SCORES, WEIGHTS, Registry, import_plugins
+from prunus.registry import (
+    DATASETS,
+    FAMILIES,
+    MODELS,
+    NEGATIVES,
+    ONLINE,
+    SCORES,
+    SELECT,
+    WEIGHTS,
+    Registry,
+    import_plugins,
+)
 
 
 @pytest.fixture
@@ -75,6 +86,13 @@ def test_builtin_families_are_registries():
     assert ONLINE_METHODS is ONLINE and set(ONLINE) >= {"rs2", "infobatch", "reweight"}
     assert WEIGHT_METHODS is WEIGHTS and "rigl" in WEIGHTS
     assert list_models() == MODELS.describe() and "cnn1d" in MODELS
+    from prunus.data import SELECT_POLICIES
+    from prunus.datasets import list_datasets
+    from prunus.negatives import NEGATIVE_POLICIES
+
+    assert SELECT_POLICIES == SELECT.names() == ("hardest", "easiest", "band", "ccs", "random")
+    assert NEGATIVE_POLICIES == NEGATIVES.names() and "mined-margin" in NEGATIVES
+    assert [e.name for e in list_datasets()] == sorted(DATASETS) and "mnist1d" in DATASETS
     for registry in FAMILIES.values():
         assert all(registry.describe().values()), registry.family  # one line per method
 
@@ -91,7 +109,11 @@ def test_new_score_method_in_one_place_is_usable_listed_and_accepted(mine, blobs
     assert invoke("methods", "--json") == 0
     listing = json.loads(capsys.readouterr().out)
     assert listing["scores"]["mine"] == "Label parity: a made-up score for the test."
-    assert set(listing) == {"scores", "online", "weights", "models"}
+    assert set(listing) == {"datasets", "models", "scores", "select", "online", "weights", "negatives"}
+    assert listing["datasets"]["digits"].startswith("scikit-learn's 1,797")
+    assert set(listing["select"]) == {"hardest", "easiest", "band", "ccs", "random"}
+    assert set(listing["negatives"]) >= {"in-batch", "mined-guided"}
+    assert all(all(lines.values()) for lines in listing.values())  # one line per method
     assert invoke("methods", "scores") == 0
     assert "mine" in capsys.readouterr().out
 
@@ -104,7 +126,8 @@ def test_new_score_method_in_one_place_is_usable_listed_and_accepted(mine, blobs
 
 def test_methods_command_rejects_unknown_family(capsys):
     assert invoke("methods", "nope") == 2
-    assert "family must be one of: models, online, scores, weights (got 'nope')." in capsys.readouterr().err
+    assert ("family must be one of: datasets, models, negatives, online, scores, select, weights "
+            "(got 'nope').") in capsys.readouterr().err
 
 
 def test_bad_score_spec_is_one_sentence(blobs):

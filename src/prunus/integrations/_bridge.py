@@ -43,7 +43,8 @@ class PolicyRunner:
         train_data: the training set as a prunus :class:`~prunus.datasets.Dataset` whose rows
             are the framework dataset's rows (needed by ``rho_loss`` only).
         scoring_data: an ``(x, y)`` batch (or a list of them) for the one-shot criteria that
-            score on data (gradient, SNIP, GraSP, SynFlow).
+            score on data (gradient, SNIP, GraSP; a weight method registered with
+            ``needs="data"``), or whose shape data-free SynFlow (``needs="input_shape"``) reads.
 
     Raises:
         PrunusError: a policy that is not a prunus callback.
