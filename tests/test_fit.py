@@ -140,8 +140,12 @@ def test_select_options_error_names_the_policy_and_its_settings():
     message = config_error(study(policies=[{"score": "el2n", "select": "ccs",
                                             "select_options": {"bogus": 1}}]))
     assert message == ("policies[0].select_options: 'bogus' is not a setting of select "
-                       "policy 'ccs'; its settings are: beta, bins, column, return_weights, "
-                       "skip_hardest.")
+                       "policy 'ccs'; its settings are: beta, bins, column, return_weights.")
+    message = config_error(study(policies=[{"score": "el2n", "select_options": {"beta": 0.2}}]))
+    assert message == ("policies[0].select_options: 'beta' is not a setting of select policy "
+                       "'hardest'; its settings are: column, return_weights.")
+    parse_config(study(policies=[{"score": "el2n", "select": "band",
+                                  "select_options": {"skip_hardest": 0.1}}]))
 
 
 # -- default proxy epochs -------------------------------------------------------------------

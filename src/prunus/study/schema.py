@@ -447,9 +447,9 @@ def check_method(policy: PolicyConfig, where: str, keeps: list[float],
         if unknown:
             raise PolicyError(f"{where}.proxy.options: {unknown!r} is not a setting of "
                               f"score method {policy.score!r}.")
-        settings = select_settings()
+        settings = select_settings(policy.select)
         for key in policy.select_options:
-            if key not in settings:
+            if settings is not None and key not in settings:
                 raise PolicyError(f"{where}.select_options: " + str(setting_error(
                     key, f"select policy {policy.select!r}", settings)))
         for keep in keeps:
@@ -481,14 +481,21 @@ def check_method(policy: PolicyConfig, where: str, keeps: list[float],
                     **policy.options)
 
 
-def select_settings() -> list[str]:
-    """The keywords of ``prunus.data.select`` a policy's ``select_options`` may set (the study
-    sets the fraction, the policy, stratification, the seed and the dataset itself)."""
+def select_settings(policy: str) -> list[str] | None:
+    """The ``select_options`` selection policy ``policy`` takes: its own registered options
+    (``ccs``: beta, bins) and the keywords of ``prunus.data.select`` that no policy owns
+    (column, return_weights); the study sets the fraction, stratification, seed and dataset.
+    None for a name that is not a registered selection policy (the label-issue selects)."""
     from prunus.data import select
+    from prunus.registry import SELECT
 
-    fixed = {"stratify", "seed", "dataset"}
-    return [name for name, p in inspect.signature(select).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and name not in fixed]
+    if policy not in SELECT:
+        return None
+    owned = {name for entry in SELECT.names() for name in SELECT.entry(entry).options()}
+    fixed = {"stratify", "seed", "dataset"} | owned
+    shared = [name for name, p in inspect.signature(select).parameters.items()
+              if p.kind is p.KEYWORD_ONLY and name not in fixed]
+    return [*shared, *SELECT.entry(policy).options()]
 
 
 def check_static(policy: PolicyConfig, where: str, study_epochs: int) -> None:
