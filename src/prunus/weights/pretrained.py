@@ -590,8 +590,8 @@ def propagate(block: nn.Module, states: list[BlockInput], layers: Sequence[Layer
         full = x @ dense[layer.name].t()
         delta = full - (y if biases[layer.name] is None else y - biases[layer.name])
         entry = sums.setdefault(layer.name, [0.0, 0.0])
-        entry[0] += float(delta.double().square().sum())
-        entry[1] += float(full.double().square().sum())
+        entry[0] += float(delta.square().sum())  # float32, cascade-summed
+        entry[1] += float(full.square().sum())
 
     outputs = _run_hooked(block, measured, states, current, measure)
     if errors is not None:
