@@ -296,3 +296,21 @@ def test_bad_executor_flags():
         score(blobs(60), executor="dask", epochs=0, **MLP)
     with pytest.raises(PrunusError, match="address and workers need executor='ray'"):
         score(blobs(60), address="127.0.0.1:1", epochs=0, **MLP)
+
+
+@needs_ray
+def test_study_tasks_request_the_resources_asked_for(cluster):
+    """Capacity on a cluster is what its CPUs (and GPUs) hold for each run's request; a request
+    no node can meet is one sentence, not a study that waits forever."""
+    from prunus.study.executors import make_backend
+
+    backend = make_backend("ray", 1, 0, lambda *a: None, cluster, cpus=1.0)
+    assert backend.capacity == 2  # two nodes of one CPU each
+    assert backend.executor.options == {"num_cpus": 1.0, "num_gpus": 0.0, "max_retries": 3}
+    assert backend.submit(lambda: os.getpid()).result(timeout=60) != os.getpid()  # on a worker
+    backend.close()
+    assert not ray.is_initialized()
+    with pytest.raises(PrunusError, match=r"has 2 CPUs and 0 GPUs, too few for one run "
+                                          r"requesting 1 CPUs and 1 GPUs"):
+        make_backend("ray", 1, 0, lambda *a: None, cluster, cpus=1.0, gpus=1.0)
+    assert not ray.is_initialized()
