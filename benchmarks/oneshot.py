@@ -19,7 +19,8 @@ cells are mean ± std over seeds. Pruning seconds are wall time of ``oneshot`` (
 masks, SparseGPT's updates, the re-run of each block). Unstructured and N:M masks save no
 inference time on a CPU: the pruned matrices are still dense there (no sparse kernel is used).
 
-    python benchmarks/oneshot.py             # everything (about 15 min on 2 CPU cores)
+    python benchmarks/oneshot.py             # everything (on 2 busy CPU cores: MiniLM ~17 min,
+                                             # causal LM ~50 min, llm-compressor ~35 min)
     python benchmarks/oneshot.py --quick     # one seed, fewer settings and texts
     python benchmarks/oneshot.py --part lm --settings 0.5 0.7   # a subset of the settings
 """
