@@ -2,6 +2,7 @@
 proxies, the labels CLI."""
 
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -201,7 +202,7 @@ def test_folds_are_checked():
 def test_pair_noise_is_exact_and_recorded():
     data = load("digits")
     noisy = add_label_noise(data, 0.2, seed=3, kind="pairs")
-    n_flip = round(0.2 * len(data))
+    n_flip = len(data) * 2 // 10  # ⌊0.2·N⌋
     changed = noisy.ids[noisy.y != data.y]
     assert len(noisy.flipped_ids) == len(changed) == n_flip
     np.testing.assert_array_equal(noisy.flipped_ids, np.sort(changed))
@@ -218,7 +219,7 @@ def test_pair_noise_is_exact_and_recorded():
     mapped = add_label_noise(data, 0.1, seed=0, kind="pairs", pairs=swap)
     rows = data.positions(mapped.flipped_ids)
     np.testing.assert_array_equal(mapped.y[rows], np.array(swap)[data.y[rows]])
-    assert len(rows) == round(0.1 * len(data))
+    assert len(rows) == len(data) // 10
     partial = add_label_noise(data, 0.3, seed=1, kind="pairs", pairs={0: 7})
     rows = data.positions(partial.flipped_ids)
     expected = np.where(data.y[rows] == 0, 7, (data.y[rows] + 1) % 10)
@@ -377,7 +378,7 @@ def test_aum_judges_every_example_with_its_own_label(blobs):
 
 
 def _assert_flips_exact(data, noisy, rate):
-    n_flip = round(rate * len(data))
+    n_flip = int(Fraction(str(rate)) * len(data))  # ⌊rate·N⌋
     changed = noisy.ids[noisy.y != data.y]
     assert len(noisy.flipped_ids) == len(changed) == n_flip
     np.testing.assert_array_equal(noisy.flipped_ids, np.sort(changed))
@@ -392,7 +393,7 @@ def test_symmetric_noise_is_exact(blobs, rate):
     _assert_flips_exact(blobs, noisy, rate)
     # the documented draw: rows uniformly without replacement, then a shift in [1, C - 1]
     rng = np.random.default_rng(5)
-    rows = np.sort(rng.choice(len(blobs), size=round(rate * len(blobs)), replace=False))
+    rows = np.sort(rng.choice(len(blobs), size=int(Fraction(str(rate)) * len(blobs)), replace=False))
     shift = rng.integers(1, 3, size=len(rows))
     np.testing.assert_array_equal(noisy.y[rows], (blobs.y[rows] + shift) % 3)
     assert noisy.options["noise"] == rate and noisy.options["noise_seed"] == 5
@@ -407,7 +408,7 @@ def test_instance_noise_follows_the_proxy_exactly(blobs):
     # the documented rule, computed independently
     confusion = 1 - probs[np.arange(n), blobs.y]
     keys = np.log(np.random.default_rng(7).random(n)) / np.maximum(confusion, 1e-6)
-    rows = np.sort(np.argsort(-keys)[: round(0.25 * n)])
+    rows = np.sort(np.argsort(-keys)[: n // 4])
     np.testing.assert_array_equal(blobs.positions(noisy.flipped_ids), rows)
     masked = probs.copy()
     masked[np.arange(n), blobs.y] = -1

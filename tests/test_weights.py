@@ -16,9 +16,10 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import prunus.weights as W
+from prunus.counts import apportion
 from prunus.errors import PrunusError
 from prunus.models import build_model
-from prunus.weights.allocation import allocate, distribute, layer_counts
+from prunus.weights.allocation import allocate, layer_counts
 from prunus.weights.criteria import grasp, snip
 from prunus.weights.nm import is_nm, nm_mask
 
@@ -89,11 +90,11 @@ def test_exact_count_of_pruned_weights(dims, sparsity, scope, allocation, min_de
 def test_largest_remainder_rounding_by_hand():
     # 3 layers of 10 weights, keep 10 (sparsity 2/3): exact shares 3.33 each -> 4, 3, 3
     assert layer_counts([(10,), (10,), (10,)], 0.67, "uniform") == [4, 3, 3]  # ⌊0.67·30⌋ = 20 pruned
-    assert distribute(10, [1.0, 1.0, 1.0], [0, 0, 0], [10, 10, 10]) == [4, 3, 3]
+    assert apportion(10, [1.0, 1.0, 1.0], [0, 0, 0], [10, 10, 10]) == [4, 3, 3]
     # shares 2.6, 5.2, 2.2 of 10 -> floors 2, 5, 2; the one left goes to the largest remainder (0.6)
-    assert distribute(10, [2.6, 5.2, 2.2], [0, 0, 0], [10, 10, 10]) == [3, 5, 2]
+    assert apportion(10, [2.6, 5.2, 2.2], [0, 0, 0], [10, 10, 10]) == [3, 5, 2]
     # a cap of 1 weight on layer 0 moves its share to the others
-    assert distribute(10, [5.0, 2.5, 2.5], [0, 0, 0], [1, 10, 10]) == [1, 5, 4]
+    assert apportion(10, [5.0, 2.5, 2.5], [0, 0, 0], [1, 10, 10]) == [1, 5, 4]
 
 
 @pytest.mark.parametrize("sparsity,capped", [(0.9, set()), (0.5, {0, 3})])

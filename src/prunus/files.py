@@ -4,6 +4,7 @@ Every file prunus writes (score tables, selections, masks, caches, study rows) g
 :func:`atomic_write`: the content is written to a hidden temporary file in the destination's
 directory, given the permissions the user's umask says (``mkstemp`` would leave 0600), then
 renamed onto the destination, so a reader never sees half a file and a failure leaves nothing.
+Whole directories (a saved model, a tokenizer) go through :func:`atomic_directory` the same way.
 Commands call :func:`check_writable` on their outputs *before* training or scoring.
 
 Caches (parsed corpora, tokenizers, embedding matrices) are written with :func:`write_cache`,
@@ -18,6 +19,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import uuid
 import warnings
 from collections.abc import Callable
@@ -30,11 +32,12 @@ TEMP_PREFIX = ".tmp-"
 CHECK_SUFFIX = ".check.json"
 
 
-def default_mode() -> int:
-    """The mode a new file gets under the current umask (0o666 & ~umask)."""
+def default_mode(directory: bool = False) -> int:
+    """The mode a new file (``0o666 & ~umask``) or directory (``0o777 & ~umask``) gets under
+    the current umask."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return (0o777 if directory else 0o666) & ~mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *,
@@ -62,6 +65,51 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_directory(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(temporary_directory)``, then rename the result onto ``path``.
+
+    The temporary directory is hidden beside ``path`` (same file system, so the rename is
+    atomic); every file in it gets the umask's mode (:func:`default_mode`) and every directory
+    ``0o777 & ~umask``. An existing directory at ``path`` is first renamed aside, then the new one
+    renamed in, and only then the old one deleted: a failure at any point (in ``write`` or in a
+    rename) leaves the old directory as it was and no temporary behind. A reader may briefly
+    find no directory between the two renames, never a half-written one.
+
+    Raises:
+        PrunusError: ``path`` is a file, or the directory could not be written (naming the reason).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PrunusError(f"could not write {str(path)!r} (it is a file, not a directory).")
+    tag = uuid.uuid4().hex[:8]
+    tmp = path.with_name(f"{TEMP_PREFIX}{tag}-{path.name}")
+    old = path.with_name(f"{TEMP_PREFIX}{tag}-old-{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        write(tmp)
+        modes = {False: default_mode(), True: default_mode(directory=True)}
+        for entry in [tmp, *tmp.rglob("*")]:
+            if not entry.is_symlink():
+                os.chmod(entry, modes[entry.is_dir()])
+        if path.exists():
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old.exists():
+                os.rename(old, path)
+            raise
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PrunusError(f"could not write {str(path)!r} ({reason(exc)}).") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from prunus.counts import fraction_count
+from prunus.counts import apportion, fraction_count
 from prunus.errors import PrunusError
 from prunus.registry import SELECT
 
@@ -178,16 +178,11 @@ def keep_count(fraction: float, n: int) -> int:
 
 
 def class_quotas(class_sizes: np.ndarray, budget: int) -> np.ndarray:
-    """Split ``budget`` over classes in proportion to ``class_sizes`` with the largest-remainder
-    rule (ties: larger class, then lower index); the quotas sum to ``budget`` exactly."""
-    sizes = np.asarray(class_sizes, dtype=np.int64)
-    total = int(sizes.sum())
-    quotas, remainder = np.divmod(int(budget) * sizes, total)  # exact: no floating point
-    missing = budget - int(quotas.sum())
-    if missing > 0:
-        order = np.lexsort((np.arange(len(sizes)), -sizes, -remainder))
-        quotas[order[:missing]] += 1
-    return np.minimum(quotas, sizes)
+    """Split ``budget`` over classes in proportion to ``class_sizes`` with
+    :func:`prunus.counts.apportion` (largest remainders; ties: the larger class, then the lower
+    index); the quotas sum to ``budget`` exactly and never exceed a class's size."""
+    sizes = [int(n) for n in np.asarray(class_sizes, dtype=np.int64)]
+    return np.asarray(apportion(int(budget), sizes, upper=sizes), dtype=np.int64)
 
 
 def ccs_bin_counts(bin_sizes: np.ndarray, budget: int) -> np.ndarray:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from prunus.counts import apportion, fraction_count
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError, choice_error, reading, require
 
@@ -209,15 +210,17 @@ def from_torch(
 def stratified_split(
     y: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (sorted) of a seeded split holding out ``round(test_fraction * n_c)`` of each class."""
+    """Rows (sorted) of a seeded split holding out ``⌊test_fraction · N⌋`` examples, each class
+    its share (:func:`prunus.counts.apportion` over the class sizes)."""
     if not isinstance(test_fraction, numbers.Real) or not 0.0 < test_fraction < 1.0:
         raise PrunusError(f"test_fraction must be a number in (0, 1) (got {test_fraction!r}).")
     rng = np.random.default_rng(seed)
+    classes = [np.flatnonzero(y == label) for label in np.unique(y)]
+    quotas = apportion(fraction_count(test_fraction, len(y)), [len(rows) for rows in classes])
     test_rows = []
-    for label in np.unique(y):
-        rows = np.flatnonzero(y == label)
+    for rows, quota in zip(classes, quotas):
         rng.shuffle(rows)
-        test_rows.append(rows[: round(test_fraction * len(rows))])
+        test_rows.append(rows[:quota])
     test_rows = np.sort(np.concatenate(test_rows)).astype(np.int64)
     train_rows = np.setdiff1d(np.arange(len(y)), test_rows)
     return train_rows, test_rows

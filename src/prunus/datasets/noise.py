@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from prunus.counts import fraction_count
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError, choice_error
 
@@ -28,7 +29,7 @@ def add_label_noise(
     proxy_model: Any = PROXY_MODEL,
     proxy_epochs: int = PROXY_EPOCHS,
 ) -> Dataset:
-    """Flip exactly ``round(rate * N)`` training labels.
+    """Flip exactly ``⌊rate · N⌋`` training labels (:func:`prunus.counts.fraction_count`).
 
     ``kind="symmetric"`` (default) moves each chosen label to a uniformly drawn *other* class.
     ``kind="pairs"`` moves it to one fixed confusable class (class-conditional pair noise, as in
@@ -42,7 +43,7 @@ def add_label_noise(
     on the clean labels with seed ``seed``, its softmax averaged over the training passes) give
     each example a confusion ``c(x) = 1 − p̂_y(x)``; the flipped set is a weighted sample
     without replacement with weights ``w = max(c, 1e-6)`` (Efraimidis–Spirakis: the
-    ``round(rate · N)`` largest keys ``log(u) / w``, u uniform), so the chance of a flip rises
+    ``⌊rate · N⌋`` largest keys ``log(u) / w``, u uniform), so the chance of a flip rises
     with the confusion, and each flipped label moves to the proxy's most probable *other* class
     ``argmax_{k ≠ y} p̂_k(x)``.
 
@@ -67,7 +68,7 @@ def add_label_noise(
     target = _pair_map(pairs, num_classes) if kind == "pairs" else None
     rng = np.random.default_rng(seed)
     n = len(dataset)
-    n_flip = round(rate * n)
+    n_flip = fraction_count(rate, n)
     rows = np.sort(rng.choice(n, size=n_flip, replace=False))
     y = dataset.y.copy()
     if target is None:
@@ -143,7 +144,7 @@ def _instance_noise(dataset, rate, seed, proxy_probs, proxy_model, proxy_epochs)
     weights = np.maximum(confusion, 1e-6)
     rng = np.random.default_rng(seed)
     keys = np.log(rng.random(n)) / weights  # Efraimidis–Spirakis: the largest keys are kept
-    rows = np.sort(np.argsort(-keys, kind="stable")[: round(rate * n)])
+    rows = np.sort(np.argsort(-keys, kind="stable")[: fraction_count(rate, n)])
     others = probs.copy()
     others[np.arange(n), labels] = -np.inf
     y = labels.copy()

@@ -41,7 +41,7 @@ def load(name: str, *, noise: float = 0.0, noise_seed: int = 0, noise_kind: str 
         name: a bundled name (``prunus datasets list``) or a local ``.npz``, ``.parquet``,
             ``.csv`` file or a Hugging Face dataset directory saved with ``save_to_disk``.
         noise: label-noise rate in [0, 1): that fraction of training labels (exactly
-            ``round(noise * N)``) is moved to another class (see ``noise_kind``). Default 0.
+            ``⌊noise · N⌋``) is moved to another class (see ``noise_kind``). Default 0.
         noise_seed: seed of the noise draw. Default 0.
         noise_kind: ``symmetric`` (to a uniformly drawn other class), ``pairs`` (each class
             to one confusable class, ``c -> (c + 1) mod C``) or ``instance`` (flip chance rising

@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import Field
 
 from prunus.config import StrictModel, validated
+from prunus.counts import fraction_count
 from prunus.errors import PrunusError
 from prunus.train.events import Callback
 
@@ -258,7 +259,7 @@ def take_tokens(order: np.ndarray, counts: np.ndarray, budget: int) -> np.ndarra
 def _select(cfg: LMConfig, data: dict[str, Any], seed: int):
     """``(ids, scoring seconds, scoring FLOPs, model for a token callback)`` of one policy."""
     pool, counts = data["pool"], data["counts"]
-    budget = math.ceil(cfg.keep * data["pool_tokens"])
+    budget = fraction_count(cfg.keep, data["pool_tokens"])
     ids = np.asarray(pool.ids)
     if cfg.policy in ("full", "target", "random-tokens"):
         return ids, 0.0, 0.0, None
@@ -331,7 +332,7 @@ def _reference(cfg: LMConfig, data: dict[str, Any]):
     """The pool reference: trained on a random ``reference_fraction`` of the pool's documents."""
     def build():
         pool = data["pool"]
-        n = max(1, round(cfg.reference_fraction * len(pool)))
+        n = fraction_count(cfg.reference_fraction, len(pool), at_least=1)
         rows = np.sort(np.random.default_rng(cfg.data_seed).choice(len(pool), n, replace=False))
         return _train_aux(cfg, pool.take(rows), cfg.reference_tokens)
 

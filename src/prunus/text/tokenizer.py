@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from prunus.errors import PrunusError, require
-from prunus.files import cache_hit, write_cache
+from prunus.files import atomic_directory, cache_hit, write_cache
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -185,19 +184,9 @@ def _wrap_object(raw, cache_state: str):
 
 
 def save_tokenizer(tokenizer, directory: str | os.PathLike) -> Path:
-    """Save a tokenizer as a Hugging Face directory (``from_pretrained`` reads it back)."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise PrunusError(f"directory {str(directory)!r} is a file.")
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent if directory.parent.exists() else None))
-    try:
-        tokenizer.save_pretrained(str(tmp))
-        directory.mkdir(parents=True, exist_ok=True)
-        for file in tmp.iterdir():
-            os.replace(file, directory / file.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    """Save a tokenizer as a Hugging Face directory (``from_pretrained`` reads it back), written
+    whole with :func:`prunus.files.atomic_directory` (an existing directory is replaced)."""
+    return atomic_directory(directory, lambda tmp: tokenizer.save_pretrained(str(tmp)))
 
 
 # --------------------------------------------------------------------------- sequences

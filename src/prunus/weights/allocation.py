@@ -14,8 +14,9 @@ Exactness and the rounding rule. For ``N`` prunable weights and sparsity ``s``, 
 ``⌊s·N⌋`` are pruned (``s`` read as the decimal it is written as), so ``K = N − ⌊s·N⌋`` are
 kept. Per-layer counts are real numbers ``q_l = clip(ε·w_l, lo_l, n_l)`` with ``ε`` solved so
 that ``Σ q_l = K``; each layer gets ``⌊q_l⌋`` and the ``K − Σ⌊q_l⌋`` remaining units go to the
-layers with the largest remainders ``q_l − ⌊q_l⌋`` (ties: earlier layer first) — Hamilton's
-largest-remainder method, so the total is exact and no layer is off by more than one.
+layers with the largest remainders ``q_l − ⌊q_l⌋`` (ties: the larger share, then the earlier
+layer) — Hamilton's largest-remainder method (:func:`prunus.counts.apportion`, exact rational
+arithmetic), so the total is exact and no layer is off by a unit or more.
 
 Ties between equal scores are broken by position (a stable sort), so masks are deterministic.
 """
@@ -24,9 +25,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 import torch
 
+from prunus.counts import apportion, fraction_count, proportional_shares
 from prunus.errors import PrunusError, choice_error
 
 ALLOCATIONS = ("uniform", "erk")
@@ -50,75 +53,32 @@ def layer_counts(
     Raises:
         PrunusError: unknown allocation, or a ``min_density`` the budget cannot meet.
     """
-    from prunus.counts import fraction_count
-
     if allocation not in ALLOCATIONS:
         raise choice_error("allocation", allocation, ALLOCATIONS)
     sizes = [math.prod(s) for s in shapes]
     total = sum(sizes)
     kept = total - fraction_count(sparsity, total)
-    if allocation == "uniform":
-        weights = [float(n) for n in sizes]
-    else:
-        weights = [float(sum(s)) for s in shapes]
     lower = [min(n, fraction_count(min_density, n, up=True)) for n in sizes]
-    return distribute(kept, weights, lower, sizes)
+    if sum(lower) > kept:
+        raise PrunusError(
+            f"min_density asks to keep {sum(lower)} weights but the sparsity keeps only {kept}; "
+            "lower min_density or sparsity."
+        )
+    return apportion(kept, _weights(shapes, allocation), lower, sizes)
 
 
 def erk_densities(shapes: Sequence[Sequence[int]], sparsity: float) -> list[float]:
     """Real-valued ERK densities (before rounding to counts): ``min(1, ε·Σdims/Πdims)``."""
     sizes = [math.prod(s) for s in shapes]
-    kept = (1.0 - sparsity) * sum(sizes)
-    counts = _fill([float(sum(s)) for s in shapes], kept, [0.0] * len(sizes), [float(n) for n in sizes])
-    return [c / n for c, n in zip(counts, sizes)]
+    kept = (1 - Fraction(str(float(sparsity)))) * sum(sizes)
+    shares = proportional_shares(kept, _weights(shapes, "erk"), upper=sizes)
+    return [float(q / n) for q, n in zip(shares, sizes)]
 
 
-def distribute(total: int, weights: Sequence[float], lower: Sequence[int], upper: Sequence[int]) -> list[int]:
-    """Integers ``c_l`` in ``[lower_l, upper_l]`` with ``Σ c_l = total``, ∝ ``weights`` where
-    the bounds allow (water-filling for ``ε``, then largest-remainder rounding)."""
-    if sum(lower) > total or sum(upper) < total:
-        raise PrunusError(
-            f"min_density asks to keep {sum(lower)} weights but the sparsity keeps only {total}; "
-            "lower min_density or sparsity."
-        )
-    real = _fill(list(weights), float(total), [float(v) for v in lower], [float(v) for v in upper])
-    counts = [min(max(math.floor(q + 1e-9), lo), hi) for q, lo, hi in zip(real, lower, upper)]
-    left = total - sum(counts)
-    order = sorted(range(len(real)), key=lambda i: (-(real[i] - math.floor(real[i] + 1e-9)), i))
-    while left != 0:
-        moved = False
-        for i in order if left > 0 else reversed(order):
-            if left > 0 and counts[i] < upper[i]:
-                counts[i] += 1
-                left -= 1
-                moved = True
-            elif left < 0 and counts[i] > lower[i]:
-                counts[i] -= 1
-                left += 1
-                moved = True
-            if left == 0:
-                break
-        if not moved:  # pragma: no cover - bounds were checked above
-            raise PrunusError("could not distribute the weight budget across layers.")
-    return counts
-
-
-def _fill(weights: list[float], total: float, lower: list[float], upper: list[float]) -> list[float]:
-    """Solve ``Σ clip(ε·w_l, lo_l, hi_l) = total`` for ``ε`` by bisection; return the clipped values."""
-
-    def filled(eps: float) -> list[float]:
-        return [min(max(eps * w, lo), hi) for w, lo, hi in zip(weights, lower, upper)]
-
-    lo_eps, hi_eps = 0.0, 1.0
-    while sum(filled(hi_eps)) < total and hi_eps < 1e300:
-        hi_eps *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo_eps + hi_eps)
-        if sum(filled(mid)) < total:
-            lo_eps = mid
-        else:
-            hi_eps = mid
-    return filled(hi_eps)
+def _weights(shapes: Sequence[Sequence[int]], allocation: str) -> list[int]:
+    """Each layer's claim on the kept budget: its size (uniform) or the sum of its dimensions
+    (ERK: kept count ∝ n_in + n_out + k_h + k_w)."""
+    return [math.prod(s) if allocation == "uniform" else sum(s) for s in shapes]
 
 
 def keep_top(scores: torch.Tensor, count: int) -> torch.Tensor:
@@ -176,8 +136,6 @@ def allocate(
     Raises:
         PrunusError: unknown scope/allocation, or an infeasible ``min_density``.
     """
-    from prunus.counts import fraction_count
-
     if scope not in SCOPES:
         raise choice_error("scope", scope, SCOPES)
     shapes = [tuple(s.shape) for s in scores.values()]

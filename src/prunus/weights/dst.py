@@ -37,7 +37,7 @@ def drop_and_regrow(
         (new mask, bool tensor of the grown positions).
     """
     active = int(mask.sum())
-    k = int(drop_fraction * active)
+    k = fraction_count(drop_fraction, active)
     after_drop = keep_top(weight.abs().masked_fill(~mask, -math.inf), active - k)
     grown = keep_top(grow_scores.float().masked_fill(after_drop, -math.inf), k)
     return after_drop | grown, grown

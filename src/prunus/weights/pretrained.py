@@ -906,8 +906,8 @@ def load_pretrained(path: str) -> tuple[nn.Module, Any, str]:
 
 def save_pruned(model: nn.Module, out: str, result: OneShotResult, tokenizer: Any = None,
                 kind: str = "causal") -> None:
-    """Write a pruned model to the directory ``out`` all at once (a temporary directory renamed
-    into place): the model with masks baked in (``save_pretrained``, or a sentence-transformers
+    """Write a pruned model to the directory ``out`` all at once
+    (:func:`prunus.files.atomic_directory`): the model with masks baked in (``save_pretrained``, or a sentence-transformers
     save), ``masks.safetensors`` (:func:`prunus.weights.save`: weights and masks, so
     :func:`prunus.weights.load` restores the parametrizations), ``oneshot.json`` (the result)
     and the tokenizer.
@@ -916,35 +916,20 @@ def save_pruned(model: nn.Module, out: str, result: OneShotResult, tokenizer: An
         PrunusError: ``out`` exists and is not an empty directory, or cannot be written.
     """
     import json
-    import os
-    import shutil
-    import uuid
-    from pathlib import Path
 
-    from prunus.files import TEMP_PREFIX, reason
+    from prunus.files import atomic_directory
     from prunus.weights.masks import plain_copy, save
 
-    check_out_dir(out)
-    target = Path(out)
-    tmp = target.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{target.name}")
-    try:
-        tmp.mkdir(parents=True)
-        plain = plain_copy(model)
+    def write(tmp):
         with _quiet_transformers():
-            _save_model(plain, tmp, tokenizer, kind)
+            _save_model(plain_copy(model), tmp, tokenizer, kind)
         save(model, tmp / "masks.safetensors",
              metadata={"method": result.method, "pattern": result.pattern,
                        "sparsity": result.sparsity, "layer_sparsity": result.layer_sparsity})
         (tmp / "oneshot.json").write_text(json.dumps(result.summary(), indent=1))
-        if target.is_dir():
-            target.rmdir()  # empty, checked above
-        os.replace(tmp, target)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise PrunusError(f"--out {out!r} could not be written ({reason(exc)}).") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    check_out_dir(out)
+    atomic_directory(out, write)
 
 
 def _save_model(plain: nn.Module, directory: Any, tokenizer: Any, kind: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunus.counts import fraction_count
 from prunus.data.online._common import (
     RowLookup,
     check_fraction,
@@ -75,7 +75,7 @@ class RhoLoss(Callback):
     left out of training, or the given ``holdout`` dataset — and its loss on every training
     example is stored. All of this (wall time, FLOPs, examples) is charged to the run's
     ``scoring`` phase. At ``batch_start`` the batch is forwarded without gradients (counted,
-    timed as training) and replaced by the ⌈keep·B⌉ examples with the largest reducible loss
+    timed as training) and replaced by the ⌊keep·B⌋ (at least 1) examples with the largest reducible loss
     (:func:`rho_select`). Use a larger ``batch_size`` to select from a larger pool, as the paper
     does (it keeps 10%).
 
@@ -120,7 +120,7 @@ class RhoLoss(Callback):
         start = time.perf_counter()
         train = state.train
         if self.holdout is None:
-            n_holdout = max(1, round(self.holdout_fraction * len(train)))
+            n_holdout = fraction_count(self.holdout_fraction, len(train), at_least=1)
             if n_holdout >= len(train):
                 raise PrunusError(
                     f"holdout_fraction {self.holdout_fraction} leaves no training data "
@@ -163,7 +163,7 @@ class RhoLoss(Callback):
     def on_batch_start(self, state) -> None:
         batch = state.batch
         losses = losses_without_grad(state, batch.x, batch.y)
-        k = max(1, math.ceil(round(self.keep * len(batch), 9)))
+        k = fraction_count(self.keep, len(batch), at_least=1)
         state.batch = batch.select(rho_select(losses, self.irreducible[self._rows(batch.ids)], k))
 
     def _train_irreducible(self, state, model: nn.Module, holdout: Dataset) -> ComputeMeter:
