@@ -75,8 +75,8 @@ class RhoLoss(Callback):
     left out of training, or the given ``holdout`` dataset — and its loss on every training
     example is stored. All of this (wall time, FLOPs, examples) is charged to the run's
     ``scoring`` phase. At ``batch_start`` the batch is forwarded without gradients (counted,
-    timed as training) and replaced by the ⌊keep·B⌋ (at least 1) examples with the largest reducible loss
-    (:func:`rho_select`). Use a larger ``batch_size`` to select from a larger pool, as the paper
+    timed as training) and replaced by the ⌊keep·B⌋ (at least 1) examples with the largest
+    reducible loss (:func:`rho_select`). Use a larger ``batch_size`` to select from a larger pool, as the paper
     does (it keeps 10%).
 
     Args:
