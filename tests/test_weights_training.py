@@ -206,7 +206,7 @@ def test_rewinding_restores_saved_weights_bit_exactly(signals):
     n = 31296
     assert len(seen) == 2 and seen[1] == int(0.75 * n) / n
     assert seen[0] == pytest.approx(1 - 0.25**0.5, abs=1 / n)
-    assert imp.rewind_step == round(0.25 * imp.segment) and imp.rewind_step > 0
+    assert imp.rewind_step == (imp.segment * 25) // 100 and imp.rewind_step > 0
 
 
 # -- structured removal --------------------------------------------------------------------------

@@ -913,7 +913,11 @@ def _keep_per_class(calibrated: np.ndarray, counts: np.ndarray, keep: int) -> np
 
 
 def _round_keeping_sum(values: np.ndarray) -> np.ndarray:
-    """Round to integers so the total equals the rounded total (largest remainders move)."""
+    """Round to integers so the total equals the rounded total (largest remainders move).
+
+    Deliberately not :func:`prunus.counts.apportion`: this is the rounding confident learning's
+    reference implementation applies to the calibrated joint (nearest integers, then the
+    largest remainders adjusted), kept so that the flagged set matches it exactly."""
     ints = np.round(values)
     missing = int(round(values.sum()) - ints.sum())
     if missing:

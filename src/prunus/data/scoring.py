@@ -497,7 +497,7 @@ def default_proxy_epochs(method: str, epochs: int | None, full_epochs: int,
         return int(epochs)
     if not 0.0 < proxy_fraction <= 1.0:
         raise PrunusError(f"proxy_fraction must be in (0, 1] (got {proxy_fraction!r}).")
-    fraction = max(1, fraction_count(proxy_fraction, int(full_epochs), up=True))
+    fraction = fraction_count(proxy_fraction, int(full_epochs), up=True, at_least=1)
     return max(fraction, min(method_info(method).default_epochs, int(full_epochs)))
 
 

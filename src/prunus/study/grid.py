@@ -236,7 +236,7 @@ def short_schedule(spec: RunSpec, dataset_size: int) -> dict[str, Any]:
     if spec.data.kind != SHORT or spec.data.matches is not None \
             or spec.train.get("examples") is not None:
         return spec.train
-    examples = max(1, fraction_count(spec.data.keep, dataset_size)) * spec.train["epochs"]
+    examples = fraction_count(spec.data.keep, dataset_size, at_least=1) * spec.train["epochs"]
     return {**spec.train, "examples": examples}
 
 

@@ -63,7 +63,7 @@ def rho1_mask(excess: torch.Tensor, mask: torch.Tensor, keep_fraction: float) ->
     keep = torch.zeros_like(flat_mask)
     if n == 0:
         return keep.view_as(mask)
-    k = max(1, fraction_count(keep_fraction, n))
+    k = fraction_count(keep_fraction, n, at_least=1)
     values = excess.detach().reshape(-1)[real].float()
     order = torch.sort(-values, stable=True).indices[:k]
     keep[real[order]] = True

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from prunus.config import TrainConfig, validated
+from prunus.counts import fraction_count
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError
 from prunus.train.events import Callback, Event, EventDispatcher
@@ -304,7 +305,7 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     ``step_size`` of training. onecycle: linear warmup from 1/25, then cosine to ~0. linear:
     linear warmup, then linear decay to 0 (sentence-transformers' ``WarmupLinear``).
     """
-    warm = int(cfg.warmup * total)
+    warm = fraction_count(cfg.warmup, total)
     if cfg.schedule == "onecycle":
         warm = max(warm, 1)
         if step < warm:
@@ -320,7 +321,7 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     if cfg.schedule == "linear":
         return max(0.0, 1.0 - progress)
-    period = max(int(cfg.step_size * total), 1)
+    period = fraction_count(cfg.step_size, total, at_least=1)
     return cfg.gamma ** (step // period)
 
 

@@ -140,7 +140,7 @@ class Sparsifier(Callback):
         self.report(state)
 
     def step_at(self, fraction: float) -> int:
-        return round(fraction * self.total_steps)
+        return fraction_count(fraction, self.total_steps)
 
 
 def restart_schedule(state, steps: int) -> None:
@@ -295,7 +295,7 @@ class LotteryTicket(Sparsifier):
     def on_fit_start(self, state) -> None:
         super().on_fit_start(state)
         self.segment = max(self.total_steps // (self.rounds + 1), 1)
-        self.rewind_step = min(round(self.rewind * self.segment), self.segment - 1)
+        self.rewind_step = min(fraction_count(self.rewind, self.segment), self.segment - 1)
         self.saved = None
         self.rewound = 0
 

@@ -158,4 +158,4 @@ class RS2(Callback):
 def epoch_size(num_examples: int, keep: float) -> int:
     """n = max(1, ⌊keep·N⌋): the examples RS2 trains on in every epoch."""
     num_examples = check_positive_int(num_examples, "num_examples")
-    return max(1, fraction_count(check_fraction(keep, "keep"), num_examples))
+    return fraction_count(check_fraction(keep, "keep"), num_examples, at_least=1)
