@@ -40,7 +40,7 @@ def tables(draw):
 def test_exact_counts_and_class_shares(table, fraction, policy, stratify, seed):
     n = len(table)
     if fraction == 0.0 or fraction_count(fraction, n) < 1:
-        with pytest.raises(PrunusError, match="fraction"):
+        with pytest.raises(PrunusError, match="keep"):
             select(table, fraction, policy)
         return
     k = fraction_count(fraction, n)
@@ -223,7 +223,7 @@ def test_random_is_seeded_and_stratified():
 
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5, float("nan"), "half"])
 def test_fraction_outside_the_unit_interval_is_an_error(fraction):
-    with pytest.raises(PrunusError, match="fraction"):
+    with pytest.raises(PrunusError, match="keep must"):
         select(make_table(np.arange(10.0)), fraction)
 
 

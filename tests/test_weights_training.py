@@ -247,7 +247,7 @@ def test_structured_taylor_and_errors(signals):
         W.prune_channels(net, 0.5, "taylor")
     with pytest.raises(PrunusError, match="criterion must be one of"):
         W.prune_channels(net, 0.5, "l3")
-    with pytest.raises(PrunusError, match="amount"):
+    with pytest.raises(PrunusError, match="sparsity"):
         W.prune_channels(net, 1.0)
 
 

@@ -1,7 +1,7 @@
 """Static selection: keep a fixed budget of training examples chosen from a score table.
 
-Every policy keeps exactly ``k = ⌊fraction · N⌋`` examples, with the one rounding rule of
-:func:`prunus.counts.fraction_count` (the fraction taken as the decimal it is written as, so that
+Every policy keeps exactly ``k = ⌊keep · N⌋`` examples, with the one rounding rule of
+:func:`prunus.counts.fraction_count` (the share taken as the decimal it is written as, so that
 0.29 · 100 keeps 29 and not 28 because of binary floating point); the shares skipped by ``band``
 and dropped by ``ccs`` use the same rule.
 
@@ -12,7 +12,7 @@ to reach ``k`` go one each to the classes with the largest remainders ``k · n_c
 class with that quota.
 
 Ties between equal scores are broken at random: each example gets a pseudo-random key from
-``(seed, id)`` (so the same table, fraction, policy and seed always give the same ids, in any row
+``(seed, id)`` (so the same table, keep, policy and seed always give the same ids, in any row
 order), and among equal scores the key decides. Breaking ties by id would turn "the hardest 50%"
 of a score that is 0 for most examples into "the first ids of the file". When more than
 ``TIE_WARNING_SHARE`` (10%) of the kept set is decided by ties (kept examples whose score equals
@@ -50,7 +50,7 @@ class TieWarning(UserWarning):
 
 def select(
     table: ScoreTable,
-    fraction: float,
+    keep: float,
     policy: str = "hardest",
     *,
     stratify: bool = True,
@@ -62,7 +62,7 @@ def select(
     bins: int = 50,
     return_weights: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Keep ``⌊fraction · N⌋`` example ids from a score table.
+    """Keep ``⌊keep · N⌋`` example ids from a score table.
 
     Policies (hardness = the score oriented so that higher is harder, see
     :meth:`ScoreTable.hardness`):
@@ -70,7 +70,7 @@ def select(
     - ``hardest``: the highest hardness (Data Diet, forgetting: keep what is hard to learn).
     - ``easiest``: the lowest hardness (Sorscher et al. 2022: keep easy examples when data is scarce).
     - ``band``: a contiguous band of the hardness ranking: skip the ``skip_hardest`` fraction of
-      hardest examples (default: centre the band, ``(1 − fraction) / 2``), keep the next ``k``.
+      hardest examples (default: centre the band, ``(1 − keep) / 2``), keep the next ``k``.
     - ``ccs``: Coverage-centric Coreset Selection (Zheng et al. 2023): drop the hardest ``beta``
       fraction (likely mislabeled; fewer when the budget would not fit in what remains), split the
       rest into ``bins`` equal-width hardness bins and fill the budget bin by bin, smallest bin
@@ -80,7 +80,7 @@ def select(
 
     Args:
         table: a :class:`~prunus.data.table.ScoreTable` (from :func:`prunus.data.score`).
-        fraction: share of the examples to keep, in (0, 1].
+        keep: share of the examples to keep, in (0, 1].
         policy: a name of the registry ``prunus.registry.SELECT`` (``SELECT_POLICIES``: the
             policies above and any registered one). Default ``"hardest"``.
         stratify: keep each class's share of the budget. Default True.
@@ -99,7 +99,7 @@ def select(
         The kept ids, sorted ascending (and their weights when ``return_weights``).
 
     Raises:
-        PrunusError: ``fraction`` outside (0, 1] or keeping no example, unknown ``policy`` or
+        PrunusError: ``keep`` outside (0, 1] or keeping no example, unknown ``policy`` or
             ``column``, bad ``beta``/``bins``/``skip_hardest``, or a fingerprint mismatch.
 
     Warns:
@@ -108,14 +108,14 @@ def select(
     """
     method = SELECT.entry(policy)
     n = len(table)
-    budget = keep_count(fraction, n)
+    budget = keep_count(keep, n)
     if not 0.0 <= beta < 1.0:
         raise PrunusError(f"beta must be in [0, 1) (got {beta!r}).")
     if int(bins) != bins or bins < 1:
         raise PrunusError(f"bins must be a positive integer (got {bins!r}).")
-    if skip_hardest is not None and not 0 <= Fraction(str(float(skip_hardest))) <= 1 - Fraction(str(float(fraction))):
+    if skip_hardest is not None and not 0 <= Fraction(str(float(skip_hardest))) <= 1 - Fraction(str(float(keep))):
         raise PrunusError(
-            f"skip_hardest must be in [0, 1 − fraction] = [0, {1 - fraction:.4g}] (got {skip_hardest!r})."
+            f"skip_hardest must be in [0, 1 − keep] = [0, {1 - keep:.4g}] (got {skip_hardest!r})."
         )
     if dataset is not None:
         table.check(dataset)
@@ -161,18 +161,18 @@ def select(
     return ids, weights / weights.mean()
 
 
-def keep_count(fraction: float, n: int) -> int:
-    """``⌊fraction · n⌋`` for a fraction in (0, 1] (raises a PrunusError naming ``fraction``)."""
+def keep_count(keep: float, n: int) -> int:
+    """``⌊keep · n⌋`` for a share in (0, 1] (raises a PrunusError naming ``keep``)."""
     try:
-        fraction = float(fraction)
+        keep = float(keep)
     except (TypeError, ValueError):
-        raise PrunusError(f"fraction must be a number in (0, 1] (got {fraction!r}).") from None
-    if not 0.0 < fraction <= 1.0:
-        raise PrunusError(f"fraction must be in (0, 1] (got {fraction!r}).")
-    count = fraction_count(fraction, n)
+        raise PrunusError(f"keep must be a number in (0, 1] (got {keep!r}).") from None
+    if not 0.0 < keep <= 1.0:
+        raise PrunusError(f"keep must be in (0, 1] (got {keep!r}).")
+    count = fraction_count(keep, n)
     if count < 1:
         raise PrunusError(
-            f"fraction {fraction!r} of {n} examples keeps none; fraction must be at least {1 / n:.3g}."
+            f"keep {keep!r} of {n} examples keeps none; keep must be at least {1 / n:.3g}."
         )
     return count
 

@@ -4,7 +4,7 @@ Every function returns a :class:`~prunus.data.table.ScoreTable` keyed by documen
 all 0: documents have no class), with ``metadata``: ``method``, ``column``, ``directions``
 (``higher_is_harder`` / ``lower_is_harder``), ``keep`` (the :func:`prunus.data.select.select`
 policy the paper uses: ``"hardest"`` keeps the highest score), ``cost`` (``seconds``,
-theoretical ``flops`` where a model runs) and the settings. ``select(table, fraction,
+theoretical ``flops`` where a model runs) and the settings. ``select(table, keep,
 policy=..., stratify=False)`` then picks the documents.
 
 | function | score | paper |

@@ -115,7 +115,7 @@ def prune_command(
 
 
 def _prune_channels(
-    criterion: str, amount: float, settings: dict, dataset: str, model: str, options: dict,
+    criterion: str, sparsity: float, settings: dict, dataset: str, model: str, options: dict,
     train: dict, out: Path | None, as_json: bool,
 ) -> None:
     """``prunus prune --pattern channels``: dense training, channel removal, optional fine-tuning
@@ -143,7 +143,7 @@ def _prune_channels(
 
     if criterion not in CHANNEL_CRITERIA:
         raise choice_error("--method (with --pattern channels)", criterion, CHANNEL_CRITERIA)
-    amount = check_sparsity(amount, "--sparsity")
+    sparsity = check_sparsity(sparsity, "--sparsity")
     unknown = sorted(set(settings) - {"finetune"})
     if unknown:
         raise choice_error("--setting (with --pattern channels)", unknown[0], ["finetune"])
@@ -156,7 +156,7 @@ def _prune_channels(
     progress = [] if as_json else [RichProgress(console=err_console, description="dense")]
     dense = Trainer(net, data, callbacks=progress, **train).fit().final
     masked = plain_copy(net)
-    channel_masks(masked, amount, criterion, data, train["seed"])
+    channel_masks(masked, sparsity, criterion, data, train["seed"])
     if finetune:
         progress = [] if as_json else [RichProgress(console=err_console, description="fine-tune")]
         Trainer(masked, data, callbacks=progress, **{**train, "epochs": finetune}).fit()
@@ -168,20 +168,20 @@ def _prune_channels(
     rows = shrink_report(net, small)
     if out is not None:
         save(plain_copy(masked), out, metadata={
-            "method": criterion, "pattern": "channels", "sparsity": amount, "dataset": dataset,
+            "method": criterion, "pattern": "channels", "sparsity": sparsity, "dataset": dataset,
             "model": model, "seed": train["seed"], "accuracy": accuracy,
             "dataset_options": json.dumps(options),
         })
     if as_json:
         print(json.dumps({
-            "method": criterion, "pattern": "channels", "sparsity": amount, "finetune": finetune,
+            "method": criterion, "pattern": "channels", "sparsity": sparsity, "finetune": finetune,
             "dense_accuracy": dense.get("accuracy"), "accuracy": accuracy,
             "params_dense": rows[-1]["params_before"], "params": rows[-1]["params_after"],
             "forward_flops_dense": flops[0], "forward_flops": flops[1], "layers": rows,
             "out": None if out is None else str(out),
         }, default=str))
         return
-    table = Table("layer", "shape", "params", title=f"channels removed by {criterion} at {amount:g}")
+    table = Table("layer", "shape", "params", title=f"channels removed by {criterion} at {sparsity:g}")
     for r in rows:
         shape = "" if r["before"] is None else (
             "×".join(map(str, r["before"])) + " → " + "×".join(map(str, r["after"])))

@@ -20,37 +20,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunus.errors import PrunusError, choice_error
-from prunus.weights.masks import Target, plain_copy
+from prunus.weights.masks import PrunableWeight, plain_copy
 
 Scores = dict[str, torch.Tensor]
 
 
-def magnitude(model: nn.Module, targets: list[Target], data=None, **_) -> Scores:
+def magnitude(model: nn.Module, targets: list[PrunableWeight], data=None, **_) -> Scores:
     """Magnitude pruning (Han et al. 2015; Global MP): score = |θ| of the effective weight."""
     return {t.name: _effective(t).abs() for t in targets}
 
 
-def random(model: nn.Module, targets: list[Target], data=None, seed: int = 0, **_) -> Scores:
+def random(model: nn.Module, targets: list[PrunableWeight], data=None, seed: int = 0, **_) -> Scores:
     """Random pruning (*The Unreasonable Effectiveness of Random Pruning*, Liu et al. 2022):
     i.i.d. uniform scores from a generator seeded with ``seed`` (default 0)."""
     gen = torch.Generator().manual_seed(int(seed))
     return {t.name: torch.rand(t.shape, generator=gen).to(t.weight.device) for t in targets}
 
 
-def gradient(model: nn.Module, targets: list[Target], data=None, **settings) -> Scores:
+def gradient(model: nn.Module, targets: list[PrunableWeight], data=None, **settings) -> Scores:
     """Gradient magnitude: score = |∂L/∂θ| of the cross-entropy on ``data`` (dense gradient)."""
     grads = _gradients(model, targets, _require_data(data, "gradient", settings), **settings)
     return {name: g.abs() for name, g in grads.items()}
 
 
-def snip(model: nn.Module, targets: list[Target], data=None, **settings) -> Scores:
+def snip(model: nn.Module, targets: list[PrunableWeight], data=None, **settings) -> Scores:
     """SNIP (Lee et al. 2019, *Single-shot Network Pruning based on Connection Sensitivity*):
     score = |θ ⊙ ∂L/∂θ| on one batch, at initialisation."""
     grads = _gradients(model, targets, _require_data(data, "snip", settings), **settings)
     return {t.name: (_effective(t) * grads[t.name]).abs() for t in targets}
 
 
-def grasp(model: nn.Module, targets: list[Target], data=None, temperature: float = 200.0, **settings) -> Scores:
+def grasp(model: nn.Module, targets: list[PrunableWeight], data=None, temperature: float = 200.0, **settings) -> Scores:
     """GraSP (Wang et al. 2020, *Picking Winning Tickets Before Training by Preserving Gradient
     Flow*): with g = ∂L/∂θ and the Hessian-gradient product Hg, the paper's removal score is
     S(−θ) = −θ ⊙ Hg and the weights with the *highest* S are removed (their removal reduces
@@ -79,7 +79,7 @@ def grasp(model: nn.Module, targets: list[Target], data=None, temperature: float
 
 def synflow(
     model: nn.Module,
-    targets: list[Target],
+    targets: list[PrunableWeight],
     data=None,
     input_shape: tuple[int, ...] | None = None,
     **_,
@@ -101,7 +101,7 @@ def synflow(
 class SynFlowProbe:
     """A linearised copy of the model (|θ|, eval mode) reused across SynFlow rounds."""
 
-    def __init__(self, model: nn.Module, targets: list[Target], input_shape: tuple[int, ...]) -> None:
+    def __init__(self, model: nn.Module, targets: list[PrunableWeight], input_shape: tuple[int, ...]) -> None:
         self.targets = targets
         self.input_shape = input_shape
         self.probe, self.params = _probe(model, targets)
@@ -145,7 +145,7 @@ CRITERIA: dict[str, Callable[..., Scores]] = {
 }
 
 
-def score(model: nn.Module, targets: list[Target], method: str = "magnitude", data=None, **settings) -> Scores:
+def score(model: nn.Module, targets: list[PrunableWeight], method: str = "magnitude", data=None, **settings) -> Scores:
     """Scores of ``targets`` by the named criterion (see :data:`CRITERIA`).
 
     Raises:
@@ -160,11 +160,11 @@ def score(model: nn.Module, targets: list[Target], method: str = "magnitude", da
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _effective(target: Target) -> torch.Tensor:
+def _effective(target: PrunableWeight) -> torch.Tensor:
     return getattr(target.module, target.attr).detach()
 
 
-def _probe(model: nn.Module, targets: list[Target]) -> tuple[nn.Module, list[torch.Tensor]]:
+def _probe(model: nn.Module, targets: list[PrunableWeight]) -> tuple[nn.Module, list[torch.Tensor]]:
     """A copy of ``model`` with masks baked in, and its parameters matching ``targets``."""
     probe = plain_copy(model)
     params = dict(probe.named_parameters())

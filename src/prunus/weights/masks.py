@@ -63,7 +63,7 @@ class Mask(nn.Module):
 
 
 @dataclass(frozen=True)
-class Target:
+class PrunableWeight:
     """One prunable weight: ``name`` is its ``state_dict`` name (e.g. ``"1.weight"``)."""
 
     name: str
@@ -100,7 +100,7 @@ def prunable_weights(
     layers: list[str] | None = None,
     include_first: bool = True,
     include_last: bool = True,
-) -> list[Target]:
+) -> list[PrunableWeight]:
     """The weights a sparsity method may prune, in module order.
 
     Default: the ``weight`` of every ``Linear`` and ``ConvNd`` (never biases or norms).
@@ -115,7 +115,7 @@ def prunable_weights(
         PrunusError: an unknown layer name, or no prunable layer at all.
     """
     found = [
-        Target(f"{name}.weight" if name else "weight", module)
+        PrunableWeight(f"{name}.weight" if name else "weight", module)
         for name, module in model.named_modules()
         if isinstance(module, PRUNABLE_TYPES)
     ]
@@ -168,7 +168,7 @@ def apply(
         module = modules.get(module_name)
         if module is None or not hasattr(module, attr):
             raise PrunusError(f"mask {name!r} does not name a weight of the model.")
-        target = Target(name, module, attr)
+        target = PrunableWeight(name, module, attr)
         if tuple(mask.shape) != tuple(target.shape):
             raise PrunusError(
                 f"mask {name!r} must have shape {tuple(target.shape)} (got {tuple(mask.shape)})."
@@ -206,13 +206,13 @@ def layer_densities(model: nn.Module) -> dict[str, float]:
     return out
 
 
-def masked_targets(model: nn.Module) -> list[Target]:
+def masked_targets(model: nn.Module) -> list[PrunableWeight]:
     """Targets that currently carry a mask, in module order."""
     modules = dict(model.named_modules())
     out = []
     for name in masks_of(model):
         module_name, _, attr = name.rpartition(".")
-        out.append(Target(name, modules[module_name], attr))
+        out.append(PrunableWeight(name, modules[module_name], attr))
     return out
 
 
@@ -265,7 +265,7 @@ def plain_copy(model: nn.Module) -> nn.Module:
     return probe
 
 
-def sparsity_report(model: nn.Module, targets: list[Target] | None = None) -> list[dict]:
+def sparsity_report(model: nn.Module, targets: list[PrunableWeight] | None = None) -> list[dict]:
     """Per-layer and total sparsity of the effective weights.
 
     Returns rows ``{"layer", "shape", "params", "pruned", "zeros", "sparsity", "masked"}`` for

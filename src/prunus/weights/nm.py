@@ -14,7 +14,7 @@ import re
 import torch
 
 from prunus.errors import PrunusError
-from prunus.weights.masks import Target
+from prunus.weights.masks import PrunableWeight
 
 
 def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
@@ -43,7 +43,7 @@ def nm_masks(scores: dict[str, torch.Tensor], n: int = 2, m: int = 4) -> dict[st
     return {name: nm_mask(s, n, m) for name, s in scores.items()}
 
 
-def nm_targets(targets: list[Target], m: int) -> list[Target]:
+def nm_targets(targets: list[PrunableWeight], m: int) -> list[PrunableWeight]:
     """The targets whose input size is a multiple of ``m`` (the others stay dense)."""
     kept = [t for t in targets if (t.numel // t.shape[0]) % m == 0]
     if not kept:

@@ -10,7 +10,7 @@ from prunus.errors import PrunusError, choice_error
 from prunus.weights.allocation import ALLOCATIONS, SCOPES, allocate
 from prunus.weights.criteria import CRITERIA, score
 from prunus.weights.masks import (
-    Target,
+    PrunableWeight,
     apply,
     masks_of,
     prunable_weights,
@@ -114,7 +114,7 @@ def prune(
     return masks
 
 
-def _current_sparsity(model: nn.Module, targets: list[Target]) -> float:
+def _current_sparsity(model: nn.Module, targets: list[PrunableWeight]) -> float:
     current = masks_of(model)
     pruned = sum(int((~current[t.name]).sum()) for t in targets if t.name in current)
     return pruned / sum(t.numel for t in targets)
@@ -131,7 +131,7 @@ def _synflow_probe(model, targets, data, settings):
     return SynFlowProbe(model, targets, tuple(shape))
 
 
-def _keep_pruned_out(model: nn.Module, targets: list[Target], scores: dict) -> dict:
+def _keep_pruned_out(model: nn.Module, targets: list[PrunableWeight], scores: dict) -> dict:
     """Already-pruned weights get score −inf so they are chosen last (they stay pruned)."""
     current = masks_of(model)
     out = {}

@@ -20,7 +20,7 @@ from prunus.counts import fraction_count
 from prunus.errors import PrunusError
 from prunus.train.events import Callback
 from prunus.weights.masks import (
-    Target,
+    PrunableWeight,
     check_sparsity,
     layer_densities,
     masks_of,
@@ -93,7 +93,7 @@ class Sparsifier(Callback):
         self.include_last = include_last
         self.seed = seed
         self.batch_size = batch_size
-        self.targets: list[Target] = []
+        self.targets: list[PrunableWeight] = []
         self.total_steps = 0
 
     # -- events ------------------------------------------------------------------------

@@ -44,18 +44,18 @@ _PASS = (
 
 def prune_channels(
     model: nn.Module,
-    amount: float = 0.5,
+    sparsity: float = 0.5,
     criterion: str = "l1",
     data=None,
     seed: int = 0,
     example_input: torch.Tensor | None = None,
 ) -> nn.Module:
-    """A physically smaller copy of ``model`` with ``⌊amount·C⌋`` output channels removed
+    """A physically smaller copy of ``model`` with ``⌊sparsity·C⌋`` output channels removed
     from every channel group (C channels each), chosen by ``criterion``.
 
     Args:
         model: the network (left unchanged).
-        amount: fraction of channels removed per group, in [0, 1) (default 0.5).
+        sparsity: fraction of channels removed per group, in [0, 1) (default 0.5).
         criterion: ``"l1"`` (default, Σ|w| of the producer's row; Li et al. 2017), ``"l2"``,
             ``"taylor"`` (|Σ a·∂L/∂a| over a batch of ``data``, Molchanov et al. 2017) or
             ``"random"``.
@@ -64,13 +64,13 @@ def prune_channels(
         example_input: needed only for the ``torch-pruning`` path (unsupported architectures).
 
     Raises:
-        PrunusError: amount outside [0, 1), unknown criterion, or an architecture that is
+        PrunusError: sparsity outside [0, 1), unknown criterion, or an architecture that is
         neither supported here nor prunable with ``torch-pruning``.
     """
     if not channel_groups(model):
-        return _torch_pruning(model, amount, criterion, example_input)
+        return _torch_pruning(model, sparsity, criterion, example_input)
     small = plain_copy(model)
-    channel_masks(small, amount, criterion, data, seed)
+    channel_masks(small, sparsity, criterion, data, seed)
     return remove_channels(small)
 
 
@@ -133,9 +133,9 @@ def channel_scores(
 
 
 def channel_masks(
-    model: nn.Module, amount: float = 0.5, criterion: str = "l1", data=None, seed: int = 0
+    model: nn.Module, sparsity: float = 0.5, criterion: str = "l1", data=None, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Zero ``⌊amount·C⌋`` output channels of every group in place (the masked model).
+    """Zero ``⌊sparsity·C⌋`` output channels of every group in place (the masked model).
 
     The producer's weight rows and bias, and the batch norm's weight and bias, get a
     :class:`ChannelMask`, so the channel outputs exactly 0 (train or eval mode) and the
@@ -143,8 +143,8 @@ def channel_masks(
     """
     from prunus.counts import fraction_count
 
-    if not 0.0 <= float(amount) < 1.0:
-        raise PrunusError(f"amount must be a fraction of channels in [0, 1) (got {amount!r}).")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise PrunusError(f"sparsity must be a fraction of channels in [0, 1) (got {sparsity!r}).")
     groups = channel_groups(model)
     if not groups:
         raise PrunusError(
@@ -156,7 +156,7 @@ def channel_masks(
     keeps = {}
     for g in groups:
         s = scores[g.producer]
-        removed = min(fraction_count(amount, len(s)), len(s) - 1)
+        removed = min(fraction_count(sparsity, len(s)), len(s) - 1)
         order = torch.sort(s.float(), descending=True, stable=True).indices
         keep = torch.zeros(len(s), dtype=torch.bool)
         keep[order[: len(s) - removed]] = True
@@ -344,7 +344,7 @@ def _taylor(model: nn.Module, groups: list[ChannelGroup], data, seed: int) -> di
     return totals
 
 
-def _torch_pruning(model: nn.Module, amount: float, criterion: str, example_input) -> nn.Module:
+def _torch_pruning(model: nn.Module, sparsity: float, criterion: str, example_input) -> nn.Module:
     """Arbitrary architectures through the optional ``torch-pruning`` package (DepGraph)."""
     tp = require("torch_pruning", "structured")
     if example_input is None:
@@ -353,13 +353,13 @@ def _torch_pruning(model: nn.Module, amount: float, criterion: str, example_inpu
         )
     if criterion not in ("l1", "l2", "random"):
         raise choice_error("criterion (torch-pruning path)", criterion, ("l1", "l2", "random"))
-    if not 0.0 <= float(amount) < 1.0:
-        raise PrunusError(f"amount must be a fraction of channels in [0, 1) (got {amount!r}).")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise PrunusError(f"sparsity must be a fraction of channels in [0, 1) (got {sparsity!r}).")
     small = plain_copy(model)
     importance = tp.importance.RandomImportance() if criterion == "random" else tp.importance.MagnitudeImportance(p=1 if criterion == "l1" else 2)
     last = [m for m in small.modules() if isinstance(m, nn.Linear)][-1:]
     pruner = tp.pruner.MagnitudePruner(
-        small, example_input, importance=importance, pruning_ratio=float(amount), ignored_layers=last
+        small, example_input, importance=importance, pruning_ratio=float(sparsity), ignored_layers=last
     )
     pruner.step()
     return small
