@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--proxy-epochs", type=int, default=0,
                         help="EL2N/GraNd proxy epochs (0: the harness default, 20%% of --epochs)")
     parser.add_argument("--trajectory-epochs", type=int, default=0,
-                        help="forgetting/AUM proxy epochs (0: the harness default, 20%% of --epochs)")
+                        help="forgetting/AUM proxy epochs (0: the harness default, ⌈20%%⌉ of --epochs but at least 5)")
     parser.add_argument("--workers", type=int, default=1, help="runs at once (1 torch thread each)")
     parser.add_argument("--with-rs2", action="store_true",
                         help="also run the RS2 baseline the harness adds by default")

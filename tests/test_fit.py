@@ -124,6 +124,16 @@ def test_weight_options_error_lists_no_internal_names():
         get_sparsifier("magnitude", 0.5, **{name: _value_of(name)})
 
 
+def test_nm_does_not_offer_the_pattern_it_derives():
+    from prunus.weights import get_sparsifier
+
+    with pytest.raises(PrunusError) as info:
+        get_sparsifier("nm", 0.5, pattern="2:4")
+    allowed = str(info.value).split("allowed: ")[1].rstrip(".").split(", ")
+    assert "pattern" not in allowed and "m" in allowed
+    assert get_sparsifier("nm", 0.5, m=8).pattern == "4:8"
+
+
 def _value_of(name):
     import inspect
 

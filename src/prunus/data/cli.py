@@ -42,7 +42,7 @@ def score_command(
     batch_size: int = typer.Option(128, min=1),
     lr: float | None = typer.Option(None, help="learning rate (default: the trainer's)"),
     optimizer: str | None = typer.Option(None, help="sgd, adam or adamw"),
-    schedule: str | None = typer.Option(None, help="constant, cosine, step or onecycle"),
+    schedule: str | None = typer.Option(None, help="constant, cosine, step, onecycle or linear"),
     device: str = typer.Option("auto"),
     kind: str = typer.Option("entropy", help="uncertainty: entropy, least_confidence or margin"),
     clusters: int | None = typer.Option(None, min=1, help="prototypes: k-means clusters (default: classes)"),

@@ -26,7 +26,7 @@ def prune_command(
     batch_size: int = typer.Option(128, min=1),
     lr: float = typer.Option(3e-3),
     optimizer: str = typer.Option("adamw", help="sgd, adam or adamw"),
-    schedule: str = typer.Option("onecycle", help="constant, cosine, step or onecycle"),
+    schedule: str = typer.Option("onecycle", help="constant, cosine, step, onecycle or linear"),
     seed: int = typer.Option(0, min=0),
     device: str = typer.Option("auto"),
     out: Path | None = typer.Option(None, help="write weights + masks here (.safetensors)"),

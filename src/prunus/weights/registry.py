@@ -53,6 +53,7 @@ def _nm(sparsity: float, seed: int = 0, m: int = 4, **settings) -> Sparsifier:
 
 
 _nm.target = OneShot  # type: ignore[attr-defined]
+_nm.fixed = {"pattern"}  # type: ignore[attr-defined]  # derived from sparsity and m
 
 
 def _cls(cls: type[Sparsifier]) -> Callable[..., Sparsifier]:
@@ -117,8 +118,10 @@ def get_sparsifier(method: str, sparsity: float = 0.9, seed: int = 0, **settings
 def _allowed_settings(factory) -> set[str]:
     """The settings a weight method takes: the keyword parameters of its factory and of its
     ``target`` class (and the target's bases), less ``*args``/``**kwargs`` and what the factory
-    itself fixes (``sparsity``, ``seed``, and the ``method`` a one-shot factory is made for)."""
+    itself fixes (``sparsity``, ``seed``, the ``method`` a one-shot factory is made for, and
+    the names in its ``fixed`` attribute)."""
     fixed = {"self", "sparsity", "seed"} | set(inspect.getclosurevars(factory).nonlocals)
+    fixed |= set(getattr(factory, "fixed", ()))
     keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     cls = getattr(factory, "target", None)
     functions = [k.__init__ for k in (cls.__mro__ if cls else ()) if "__init__" in vars(k)]
