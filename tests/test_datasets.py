@@ -256,8 +256,8 @@ def test_mnist1d_cache_hit_is_fast_and_identical(cache):
     start = time.perf_counter()
     first = load("mnist1d", train_size=20_000, test_size=1000, seed=2)
     generated = time.perf_counter() - start
-    files = list((cache / "datasets").iterdir())
-    assert len(files) == 1 and files[0].suffix == ".npz"  # no temporary file left behind
+    files = sorted((cache / "datasets").iterdir())
+    assert [f.suffix for f in files] == [".npz", ".json"]  # the cache, its check; no temporary
     start = time.perf_counter()
     again = load("mnist1d", train_size=20_000, test_size=1000, seed=2)
     cached = time.perf_counter() - start
@@ -268,11 +268,18 @@ def test_mnist1d_cache_hit_is_fast_and_identical(cache):
         assert np.array_equal(getattr(again.test, name), getattr(first.test, name))
     # other options, other file; a damaged file is regenerated, not trusted
     load("mnist1d", train_size=1000, test_size=1000, seed=2)
-    assert len(list((cache / "datasets").iterdir())) == 2
+    assert len(list((cache / "datasets").iterdir())) == 4
     files[0].write_bytes(b"not an npz file")
-    assert (
-        load("mnist1d", train_size=20_000, test_size=1000, seed=2).fingerprint == first.fingerprint
-    )
+    with pytest.warns(UserWarning, match="rebuil"):
+        again = load("mnist1d", train_size=20_000, test_size=1000, seed=2)
+    assert again.fingerprint == first.fingerprint
+    # same size, other bytes (a swapped or bit-flipped file) is caught by the digest too
+    data = bytearray(files[0].read_bytes())
+    data[-100] ^= 0xFF
+    files[0].write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="rebuil"):
+        assert np.array_equal(load("mnist1d", train_size=20_000, test_size=1000, seed=2).x,
+                              first.x)
 
 
 def test_mnist1d_without_cache_writes_nothing(cache):

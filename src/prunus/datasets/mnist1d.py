@@ -34,7 +34,7 @@ import numpy as np
 
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError, require
-from prunus.files import atomic_write
+from prunus.files import cache_hit, write_cache
 
 RECIPE_VERSION = 1
 BLOCK = 1000  # examples per independent random stream (a multiple of the 10 classes)
@@ -72,7 +72,8 @@ def make_mnist1d(
     options = {"train_size": train_size, "test_size": test_size, "seed": seed}
     path = cache_path(**options) if cache else None
 
-    arrays = _read_cache(path, train_size, test_size) if path is not None else None
+    reuse = path is not None and cache_hit(path, path.name)
+    arrays = _read_cache(path, train_size, test_size) if reuse else None
     if arrays is None:
         arrays = _generate_splits(_recipe(), train_size, test_size, seed)
         if path is not None:
@@ -262,7 +263,8 @@ def _generate_splits(recipe: _Recipe, train_size: int, test_size: int, seed: int
 
 
 def _read_cache(path: Path, train_size: int, test_size: int) -> dict | None:
-    """The cached arrays, or None when the file is missing, unreadable or of the wrong shape."""
+    """The cached arrays (already checked by :func:`prunus.files.cache_hit`), or None when
+    they are unreadable or of the wrong shape."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -282,13 +284,14 @@ def _read_cache(path: Path, train_size: int, test_size: int) -> dict | None:
 
 
 def _write_cache(path: Path, arrays: dict) -> None:
-    """Write to a temporary file in the same directory, then rename; never fails the load."""
+    """Write atomically with its check record (key = the file name, which holds every option
+    and the recipe's hash); never fails the load."""
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
 
     try:
-        atomic_write(path, write)
+        write_cache(path, write, path.name)
     except PrunusError:
         pass  # an unwritable cache directory only costs the next load its generation time
 
