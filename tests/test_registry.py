@@ -222,3 +222,44 @@ def test_plugin_modules_register_in_spawned_workers(tmp_path, monkeypatch):
     finally:
         SCORES.unregister("plugged")
         sys.modules.pop("my_prunus_plugin", None)
+
+
+RUNTIME_PLUGIN = '''
+from prunus.registry import SCORES
+
+
+@SCORES.register("runtime_score", needs="outputs")
+def runtime_score(model, dataset, *, batch_size=1024, progress=None):
+    """Registered by an importable module of the user's at run time (not via PRUNUS_PLUGINS)."""
+    return [float(i % 7) for i in range(len(dataset))]
+'''
+
+
+def test_methods_registered_at_run_time_reach_study_workers(tmp_path, monkeypatch):
+    """A module imported by the user's script registers a method; ``--workers 2`` (spawned
+    processes, no PRUNUS_PLUGINS) still runs it, because the pool imports that module."""
+    import importlib
+
+    from prunus.study import load_config, run_study
+    from prunus.study.toml import to_toml
+
+    (tmp_path / "my_runtime_methods.py").write_text(RUNTIME_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("PRUNUS_PLUGINS", raising=False)
+    importlib.import_module("my_runtime_methods")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, 4)).astype(np.float32), np.arange(120) % 2
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x[:40], y_test=y[:40])
+    values = {"name": "rt", "seeds": [0, 1], "keep": [0.5], "sparsity": [], "targets": [],
+              "datasets": [{"name": str(tmp_path / "d.npz")}],
+              "models": [{"name": "mlp", "options": {"hidden": [8]}}],
+              "train": {"epochs": 1, "batch_size": 32},
+              "policies": [{"score": "runtime_score", "proxy": {"epochs": 1, "seeds": 1}}],
+              "execution": {"threads": 1}}
+    (tmp_path / "rt.toml").write_text(to_toml(values))
+    try:
+        result = run_study(load_config(tmp_path / "rt.toml"), tmp_path / "out", workers=2,
+                           progress=False)
+    finally:
+        SCORES.unregister("runtime_score")
+    assert result.failed == 0 and result.failed_score_tables == 0 and result.ran == result.runs

@@ -33,10 +33,11 @@ iteration...), never at import, so importing a family stays cheap:
 Worker processes (``prunus study --workers N`` uses spawned processes) start with empty
 registries and fill them the same way on their first lookup, so methods from entry points or
 ``PRUNUS_PLUGINS`` (inherited through the environment) are available in every worker. A method
-registered by a decorator in a user's own script is only seen by a worker that imports that
-script: with spawn, a script run as ``python my_study.py`` is re-imported in each worker (keep
-the study call under ``if __name__ == "__main__":``); otherwise put the methods in an
-importable module and name it in ``PRUNUS_PLUGINS`` or in an entry point.
+registered at run time from an importable module is imported by every worker too (see
+:func:`registering_modules`); one defined in the script itself is seen because spawn re-imports
+a script run as ``python my_study.py`` in each worker (keep the study call under
+``if __name__ == "__main__":``). Methods defined interactively (a notebook cell) are not
+importable: put them in a module.
 """
 
 from __future__ import annotations
@@ -290,5 +291,14 @@ FAMILIES: dict[str, Registry] = {
 }
 
 
+def registering_modules() -> list[str]:
+    """The importable modules (outside prunus) whose methods are registered in this process, so
+    that spawned workers can import them and see the same methods (a method defined in the
+    running script itself, ``__main__``, is re-imported by spawn on its own)."""
+    names = {getattr(entry.obj, "__module__", None)
+             for registry in FAMILIES.values() for entry in list(registry._entries.values())}
+    return sorted(n for n in names if n and n != "__main__" and n.split(".")[0] != "prunus")
+
+
 __all__ = ["DATASETS", "FAMILIES", "MODELS", "NEGATIVES", "ONLINE", "PLUGINS_ENV", "SCORES", "SELECT",
-           "WEIGHTS", "Entry", "Registry", "import_plugins"]
+           "WEIGHTS", "Entry", "Registry", "import_plugins", "registering_modules"]

@@ -104,16 +104,22 @@ def make_backend(kind: str, workers: int, threads: int, on_event: Callable,
     context = multiprocessing.get_context("spawn")
     channel = context.Queue()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                               initializer=start_worker, initargs=(channel, os.getpid()))
+    from prunus.registry import registering_modules
+
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=start_worker,
+                               initargs=(channel, os.getpid(), registering_modules()))
     return Backend(pool, workers, threads, _queue=channel, _closers=[channel.close])
 
 
-def start_worker(channel, parent: int | None = None) -> None:
-    """Pool worker start-up: progress messages of the runs it executes go to ``channel``, and
-    the worker dies with the study process ``parent`` (even when that is killed with SIGKILL,
-    which gives the pool no chance to shut its workers down)."""
+def start_worker(channel, parent: int | None = None, modules: list[str] | None = None) -> None:
+    """Pool worker start-up: progress messages of the runs it executes go to ``channel``, the
+    worker imports ``modules`` (those that registered methods in the study process at run
+    time), and it dies with the study process ``parent`` (even when that is killed with
+    SIGKILL, which gives the pool no chance to shut its workers down)."""
+    from prunus.registry import import_plugins
     from prunus.study import runs
+
+    import_plugins(modules or [])
 
     runs.WORKER_CHANNEL = channel
     # Ctrl-C reaches the whole process group: only the study process handles it (it stops
