@@ -220,6 +220,8 @@ def recover(
     lr = DEFAULT_LR[params] if lr is None else lr
     if not lr > 0:
         raise PrunusError(f"lr must be positive (got {lr!r}).")
+    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise PrunusError(f"fraction must be a share of the examples in (0, 1] (got {fraction!r}).")
     settings = {
         "policy": policy, "dense": dense, "fraction": fraction, "select_policy": select_policy,
         "column": column, "batch_size": int(batch_size), "lr": lr, "seed": seed,
