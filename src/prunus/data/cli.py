@@ -91,6 +91,12 @@ def score_command(
         if value is not None:
             settings[name] = value
 
+    model_options = parse_options(model_option, "--model-option")
+    if getattr(data, "num_classes", None):  # refused naming the flag, before any progress bar
+        from prunus.models import build_model, check_fit
+
+        check_fit(build_model(model, data.input_shape, data.num_classes, **model_options), data,
+                  f"--model {model!r}")
     progress = None if as_json else Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
@@ -108,7 +114,7 @@ def score_command(
             proxy_fraction=proxy_fraction, seeds=list(range(seeds)), batch_size=batch_size,
             **{"kind": kind, "clusters": clusters, "window": window, **score_options},
             method_options=method_options or None,
-            model_options=parse_options(model_option, "--model-option"),
+            model_options=model_options,
             progress=None if progress is None else report, executor=executor,
             address=address, workers=workers, **settings,
         )
