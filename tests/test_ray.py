@@ -3,6 +3,7 @@
 path, a killed actor retried, a killed study driver resumed, and the bad-input sentences."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -136,10 +137,11 @@ def joined(cluster):
 @needs_ray
 class TestScoringOnTheCluster:
     @pytest.mark.parametrize("method", ["el2n", "grand", "forgetting", "prototypes"])
-    def test_scores_are_bit_identical(self, joined, method, monkeypatch):
+    def test_scores_are_bit_identical(self, joined, method, monkeypatch, tmp_path):
         from prunus.data import distributed
 
         monkeypatch.setattr(distributed, "SHARD_ROWS", 128)  # 5 shards of 128 (4 batches each)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the shard files' working dir
         # forgetting: recorded by the training tasks; prototypes: k-means on the driver over
         # the embeddings the actors computed
         data = blobs()
@@ -151,6 +153,51 @@ class TestScoringOnTheCluster:
         if method != "forgetting":  # recorded while the proxies trained: no scoring pass
             assert remote.metadata["cost"]["scoring_seconds"] > 0
         assert ray.is_initialized()  # joined by the caller: left joined
+        assert not list(tmp_path.glob("prunus-shards-*"))  # the shard files go after the merge
+
+    def test_scores_are_merged_from_checked_shard_files(self, joined, monkeypatch, tmp_path):
+        """With ``shard_dir`` the per-shard Parquet files stay: one per shard holding its ids,
+        and the merge reads them (an edited value comes back); a missing, truncated or
+        misplaced file is one sentence naming it."""
+        import functools
+
+        import pyarrow as pa
+
+        from prunus.data import distributed
+
+        monkeypatch.setattr(distributed, "SHARD_ROWS", 128)
+        folder = tmp_path / "shards"
+        monkeypatch.setattr(distributed, "score_on_ray",
+                            functools.partial(distributed.score_on_ray, shard_dir=folder))
+        data = blobs()
+        kwargs = {"method": "el2n", "epochs": 1, "seeds": [0, 1], "score_batch_size": 32, **MLP}
+        same_table(score(data, **kwargs), score(data, executor="ray", address=joined, **kwargs))
+        files = sorted(folder.iterdir())
+        assert [f.name for f in files] == [f"shard-{i:05d}.parquet" for i in range(5)]
+        for i, file in enumerate(files):
+            shard = pq.read_table(file)
+            np.testing.assert_array_equal(shard["id"].to_numpy(), data.ids[128 * i:128 * (i + 1)])
+            assert {"pass0", "pass1", "seconds0", "seconds1"} <= set(shard.column_names)
+
+        shard = pq.read_table(files[2])
+        edited = shard["pass1"].to_numpy() + 1
+        pq.write_table(shard.set_column(shard.column_names.index("pass1"), "pass1",
+                                        pa.array(edited)), files[2])
+        passes, _ = distributed.merge_shards(folder, data, 128, 2)
+        np.testing.assert_array_equal(passes[1][256:384], edited)
+        np.testing.assert_array_equal(passes[0][:128], pq.read_table(files[0])["pass0"].to_numpy())
+
+        def fails(pattern):
+            with pytest.raises(PrunusError, match=pattern):
+                distributed.merge_shards(folder, data, 128, 2)
+
+        named = re.escape(repr(str(files[3])))
+        shutil.copy(files[1], files[3])  # shard 1's ids where shard 3 belongs
+        fails(rf"^shard file {named} does not hold the ids of its shard \(rows 384 to 511\)")
+        files[3].write_bytes(files[1].read_bytes()[:200])  # truncated
+        fails(rf"^shard file {named} is unreadable \(")
+        files[3].unlink()
+        fails(rf"^shard file {named} is missing, so the Ray scores cannot be merged")
 
     def test_a_killed_scoring_actor_is_retried(self, joined, monkeypatch):
         """SIGKILL the only scoring actor's process as soon as it exists: Ray restarts it and

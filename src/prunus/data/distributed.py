@@ -8,7 +8,11 @@ shard a whole number of scoring batches, so that every scoring batch holds exact
 examples the local path puts in it. A ``map_batches`` over a pool of actors, each holding
 every seed's proxy (received by object reference and fetched once at actor start), scores one
 shard at a time with the same function as the local path
-(:func:`prunus.data.scoring.example_pass`); the driver puts the results back by position. On
+(:func:`prunus.data.scoring.example_pass`). The driver writes each scored shard atomically as
+one Parquet file (``shard-00000.parquet``: ``id``, ``position``, each seed's pass and seconds)
+in a working directory, then merges the files in id order, checking that each one exists,
+reads back and holds exactly its shard's ids and positions (:func:`merge_shards`); a temporary
+working directory is removed afterwards. On
 CPU the table is therefore bit-identical to ``executor="local"`` when both use the same torch
 thread count (a Ray worker with one CPU runs one thread). A killed actor is restarted and its
 shard redone by Ray Data (``max_restarts=-1``, ``max_task_retries=-1``); a killed training task
@@ -24,16 +28,21 @@ shard's embeddings from the actors and cluster them on the driver.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from prunus.datasets.base import Dataset
 from prunus.errors import PrunusError, one_line, require
+from prunus.files import atomic_write
 
 RAY_EXTRA = "ray"
 # examples per shard, rounded down to a whole number of scoring batches
@@ -141,6 +150,7 @@ def score_on_ray(
     *,
     address: str | None = None,
     workers: int | None = None,
+    shard_dir: str | os.PathLike | None = None,
 ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
     """Each seed's scores (aligned to ``dataset.ids``) and cost, computed on Ray.
 
@@ -151,6 +161,8 @@ def score_on_ray(
         tracker: the progress tracker (advanced once the proxies are trained, then per shard).
         address: the cluster (default ``RAY_ADDRESS``, else Ray started in this process).
         workers: scoring actors (default: the cluster's CPUs, at most one per shard).
+        shard_dir: where the per-shard Parquet files are written and kept (default: a
+            temporary directory, removed once the shards are merged or the run fails).
 
     Raises:
         PrunusError: a bad ``workers``, or a connection problem (:func:`connect`).
@@ -172,7 +184,16 @@ def score_on_ray(
         if job.info.needs == "trajectory":
             per_seed = [score_examples(p, dataset, job, tracker.advance) for p in proxies]
             return per_seed, [proxy_cost(p, dataset, job, 0.0) for p in proxies]
-        passes, seconds = _map_shards(ray, dataset, job, proxy_refs, len(seeds), workers, tracker)
+        if shard_dir is None:
+            work = Path(tempfile.mkdtemp(prefix="prunus-shards-"))
+            try:
+                passes, seconds = _map_shards(ray, dataset, job, proxy_refs, len(seeds),
+                                              workers, tracker, work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        else:
+            passes, seconds = _map_shards(ray, dataset, job, proxy_refs, len(seeds), workers,
+                                          tracker, Path(shard_dir))
         per_seed = [finish_scores(p, job, passed, len(dataset)) for p, passed in zip(proxies, passes)]
         return per_seed, [proxy_cost(p, dataset, job, s) for p, s in zip(proxies, seconds)]
     finally:
@@ -216,9 +237,10 @@ def shard_tables(dataset: Dataset, rows: int) -> list[Any]:
 
 
 def _map_shards(ray: Any, dataset: Dataset, job: Any, proxy_refs: list, seeds: int,
-                workers: int | None, tracker: Any) -> tuple[list[np.ndarray], list[float]]:
-    """Run :func:`prunus.data.scoring.example_pass` over every shard with the actor pool; each
-    seed's pass (scores or embeddings) by position, and the actor seconds it took."""
+                workers: int | None, tracker: Any, folder: Path) -> tuple[list[np.ndarray], list[float]]:
+    """Run :func:`prunus.data.scoring.example_pass` over every shard with the actor pool,
+    writing each scored shard to ``folder`` (:func:`write_shard`); each seed's pass (scores or
+    embeddings) by position, and the actor seconds it took, merged from those files."""
     rows = job.score_batch_size * max(1, SHARD_ROWS // job.score_batch_size)
     tables = shard_tables(dataset, rows)
     if workers is None:
@@ -235,22 +257,98 @@ def _map_shards(ray: Any, dataset: Dataset, job: Any, proxy_refs: list, seeds: i
         fn_constructor_kwargs={"proxies": proxy_refs, "job": job, "name": dataset.name,
                                "shape": dataset.input_shape, "num_classes": dataset.num_classes},
     )
-    values: list[np.ndarray | None] = [None] * seeds
-    seen = np.zeros(len(dataset), dtype=np.int64)
-    seconds = np.zeros(seeds)
     for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-        positions = batch["position"]
-        seen[positions] += 1
+        write_shard(folder, dataset, rows, batch, seeds)
+        tracker.advance(seeds * len(batch["position"]))
+    return merge_shards(folder, dataset, rows, seeds)
+
+
+def shard_path(folder: Path, index: int) -> Path:
+    """The Parquet file of shard ``index`` in ``folder``."""
+    return folder / f"shard-{index:05d}.parquet"
+
+
+def write_shard(folder: Path, dataset: Dataset, rows: int, batch: dict[str, np.ndarray],
+                seeds: int) -> Path:
+    """Write one scored shard (``id``, ``position``, ``pass{k}`` and ``seconds{k}`` per seed)
+    atomically as :func:`shard_path`; a pass with more than one value per example (an
+    embedding) is stored as a fixed-size list, its per-example shape in the file's metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    positions = batch["position"]
+    index = int(positions[0]) // rows
+    start, stop = index * rows, min((index + 1) * rows, len(dataset))
+    if not np.array_equal(positions, np.arange(start, stop)):  # pragma: no cover - Ray Data
+        raise RuntimeError(f"Ray returned rows {int(positions[0])}..{int(positions[-1])}, "
+                           f"not one whole shard of {rows}")
+    columns: dict[str, Any] = {"id": dataset.ids[start:stop], "position": positions}
+    shapes = {}
+    for k in range(seeds):
+        part = np.ascontiguousarray(batch[f"pass{k}"])
+        shapes[f"pass{k}"] = list(part.shape[1:])
+        column = pa.array(part.reshape(-1))
+        if part.ndim > 1:
+            column = pa.FixedSizeListArray.from_arrays(column, int(np.prod(part.shape[1:])))
+        columns[f"pass{k}"] = column
+        columns[f"seconds{k}"] = batch[f"seconds{k}"]
+    table = pa.table(columns).replace_schema_metadata({"prunus.shapes": json.dumps(shapes)})
+    return atomic_write(shard_path(folder, index), lambda tmp: pq.write_table(table, tmp))
+
+
+def read_shard(path: Path, ids: np.ndarray, start: int, seeds: int) -> Any:
+    """The table of one shard file, checked: it exists, reads as Parquet, and holds exactly
+    the ids ``ids`` at positions ``start, start + 1, …`` and every seed's columns.
+
+    Raises:
+        PrunusError: the file is missing, unreadable or holds another shard.
+    """
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise PrunusError(f"shard file {str(path)!r} is missing, so the Ray scores cannot be "
+                          f"merged; score again.")
+    wanted = ["id", "position", *(f"{c}{k}" for k in range(seeds) for c in ("pass", "seconds"))]
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means a damaged file
+        raise PrunusError(f"shard file {str(path)!r} is unreadable ({one_line(exc)}); score "
+                          f"again.") from None
+    lacking = [c for c in wanted if c not in table.column_names]
+    if lacking or b"prunus.shapes" not in (table.schema.metadata or {}):
+        raise PrunusError(f"shard file {str(path)!r} lacks "
+                          f"{', '.join(lacking) or 'its prunus.shapes metadata'}; score again.")
+    found_ids = table.column("id").to_numpy()
+    positions = table.column("position").to_numpy()
+    if not (np.array_equal(found_ids, ids)
+            and np.array_equal(positions, np.arange(start, start + len(ids)))):
+        raise PrunusError(f"shard file {str(path)!r} does not hold the ids of its shard "
+                          f"(rows {start} to {start + len(ids) - 1}); score again.")
+    return table
+
+
+def merge_shards(folder: Path, dataset: Dataset, rows: int,
+                 seeds: int) -> tuple[list[np.ndarray], list[float]]:
+    """Each seed's pass over the whole split, in id order, and its summed seconds, read from
+    the shard files in ``folder`` (:func:`read_shard` checks each one).
+
+    Raises:
+        PrunusError: a shard file is missing, unreadable or holds another shard's ids.
+    """
+    values: list[list[np.ndarray]] = [[] for _ in range(seeds)]
+    seconds = np.zeros(seeds)
+    for index, start in enumerate(range(0, len(dataset), rows)):
+        ids = dataset.ids[start:start + rows]
+        table = read_shard(shard_path(folder, index), ids, start, seeds)
+        shapes = json.loads(table.schema.metadata[b"prunus.shapes"])
         for k in range(seeds):
-            part = batch[f"pass{k}"]
-            if values[k] is None:
-                values[k] = np.full((len(dataset), *part.shape[1:]), np.nan, dtype=part.dtype)
-            values[k][positions] = part
-            seconds[k] += float(batch[f"seconds{k}"].sum())
-        tracker.advance(seeds * len(positions))
-    if not np.all(seen == 1):  # pragma: no cover - Ray Data returns each row exactly once
-        raise RuntimeError(f"{int(np.sum(seen != 1))} examples were not scored exactly once on Ray")
-    return values, list(seconds)
+            column = table.column(f"pass{k}").combine_chunks()
+            if shapes[f"pass{k}"]:
+                column = column.flatten()
+            part = column.to_numpy(zero_copy_only=False)
+            values[k].append(part.reshape(len(ids), *shapes[f"pass{k}"]))
+            seconds[k] += float(table.column(f"seconds{k}").to_numpy().sum())
+    return [np.concatenate(parts) for parts in values], list(seconds)
 
 
 class ShardScorer:
