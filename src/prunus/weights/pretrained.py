@@ -44,6 +44,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -579,24 +580,41 @@ def propagate(block: nn.Module, states: list[BlockInput], layers: Sequence[Layer
 
     With ``dense`` weights (``(out, in)`` by layer name), also fills ``errors`` with each
     layer's relative reconstruction error ``‖WX − ŴX‖_F / ‖WX‖_F`` over the inputs ``X`` it
-    receives in this pass (the block's first layers see exactly their calibration inputs)."""
-    sums: dict[str, list[float]] = {}
+    receives in this pass (the block's first layers see exactly their calibration inputs), at
+    the cheaper of two exact costs per token: a layer with fewer inputs than outputs
+    accumulates ``S = XXᵀ`` and takes :func:`reconstruction_error` from it once at the end
+    (``in²`` per token); any other computes ``WX`` and ``WX − ŴX`` directly (``in·out``).
+    The pruned weights are computed once per layer for the pass, not once per batch."""
+    from torch.nn.utils import parametrize
+
+    sums: dict[str, list[Any]] = {}
     current: dict[str, Any] = {}
     measured = [lay for lay in layers if dense is not None and lay.name in dense]
     biases = {lay.name: _bias(lay.module) for lay in measured}
 
     def measure(layer: Layer, x: torch.Tensor, y: torch.Tensor) -> None:
+        weight = dense[layer.name]
+        if weight.shape[1] < weight.shape[0]:
+            entry = sums.setdefault(layer.name, [torch.zeros(x.shape[1], x.shape[1], device=x.device)])
+            entry[0].addmm_(x.t(), x)
+            return
         # the pruned layer's own output y = ŴX + b spares a second product: WX − ŴX = (WX + b) − y
-        full = x @ dense[layer.name].t()
+        full = x @ weight.t()
         delta = full - (y if biases[layer.name] is None else y - biases[layer.name])
         entry = sums.setdefault(layer.name, [0.0, 0.0])
-        entry[0] += float(delta.square().sum())  # float32, cascade-summed
-        entry[1] += float(full.square().sum())
+        entry[0] += float(torch.linalg.vector_norm(delta) ** 2)  # float32, cascade-summed
+        entry[1] += float(torch.linalg.vector_norm(full) ** 2)
 
-    outputs = _run_hooked(block, measured, states, current, measure)
+    with parametrize.cached():
+        outputs = _run_hooked(block, measured, states, current, measure)
     if errors is not None:
-        for name, (num, den) in sums.items():
-            errors[name] = math.sqrt(num / den) if den > 0 else 0.0
+        for layer in measured:
+            entry = sums[layer.name]
+            if len(entry) == 1:
+                errors[layer.name] = reconstruction_error(dense[layer.name], layer.matrix(), entry[0])
+            else:
+                num, den = entry
+                errors[layer.name] = math.sqrt(num / den) if den > 0 else 0.0
     return [BlockInput(hidden, s.args, s.kwargs, s.by_keyword, s.token_mask)
             for hidden, s in zip(outputs, states)]
 
@@ -688,11 +706,13 @@ def select(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = N
 
 def spread(sparsity: float, sizes: Sequence[int]) -> torch.Tensor:
     """Pruned count of each of consecutive groups of ``sizes``: ``⌊s·end⌋ − ⌊s·start⌋`` over
-    the cumulative sizes, so the total is exactly ``⌊s·Σ sizes⌋``."""
+    the cumulative sizes, so the total is exactly ``⌊s·Σ sizes⌋`` (the rounding rule of
+    :func:`prunus.counts.fraction_count`, in integer arithmetic on its exact fraction)."""
+    exact = Fraction(str(float(sparsity)))
     ends, total = [], 0
     for size in sizes:
         total += size
-        ends.append(fraction_count(sparsity, total))
+        ends.append(exact.numerator * total // exact.denominator)
     ends_t = torch.tensor(ends, dtype=torch.long)
     return ends_t - torch.cat([torch.zeros(1, dtype=torch.long), ends_t[:-1]])
 
