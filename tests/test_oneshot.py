@@ -188,6 +188,36 @@ def test_reported_error_of_a_first_layer_equals_the_gram_formula(kind, name, met
     assert all(0 < r.error < 1 for r in result.layers)
 
 
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_every_reported_error_equals_the_direct_product_on_the_pruned_models_inputs(kind, method):
+    # layers with fewer inputs than outputs take the error from their input Gram, the others
+    # from a direct product; both must equal ‖WX − ŴX‖/‖WX‖ computed here in float64 on the
+    # inputs each layer receives in the pruned model's own forward
+    model = tiny(kind)
+    dense = copy.deepcopy(model)
+    batches = calibration(kind)
+    result = oneshot(model, batches, method=method)
+    names = [r.name.removesuffix(".weight") for r in result.layers]
+    modules = dict(model.named_modules())
+    inputs = {name: [] for name in names}
+    handles = [modules[n].register_forward_hook(
+        lambda m, i, o, n=n: inputs[n].append(i[0].reshape(-1, i[0].shape[-1]).double()))
+        for n in names]
+    with torch.no_grad():
+        for b in batches:
+            model(b, use_cache=False)
+    for h in handles:
+        h.remove()
+    shapes = {tuple(matrix_of(dense, n).shape) for n in names}
+    assert any(o > i for o, i in shapes) and any(o <= i for o, i in shapes)  # both paths run
+    for row, name in zip(result.layers, names):
+        x = torch.cat(inputs[name])
+        w, new = matrix_of(dense, name).double(), matrix_of(model, name).double()
+        expected = float(torch.linalg.norm(x @ (w - new).t()) / torch.linalg.norm(x @ w.t()))
+        assert row.error == pytest.approx(expected, rel=1e-4), name
+
+
 # --------------------------------------------------------------------------- SparseGPT
 
 
