@@ -23,12 +23,15 @@ inference time on a CPU: the pruned matrices are still dense there (no sparse ke
                                              # causal LM ~50 min, llm-compressor ~35 min)
     python benchmarks/oneshot.py --quick     # one seed, fewer settings and texts
     python benchmarks/oneshot.py --part lm --settings 0.5 0.7   # a subset of the settings
+    python benchmarks/oneshot.py --part llmcompressor --seeds 0 --settings 0.5 2:4 --repeats 3
+                                             # speed ratio from medians of alternating runs
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import statistics
@@ -52,6 +55,9 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", choices=[s[0] for s in SETTINGS], default=None,
                         help="only these sparsity settings (default: all; --quick: 0.5 2:4 4:8 0.7)")
     parser.add_argument("--samples", type=int, default=128, help="calibration texts/sequences")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="llm-compressor part: timed runs of each tool per cell, alternating which "
+                             "goes first; seconds are medians")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     parser.add_argument("--eval-queries", type=int, default=120)
     parser.add_argument("--eval-corpus", type=int, default=300)
@@ -255,27 +261,20 @@ def causal_lm(args) -> None:
 
 def llmcompressor(args) -> None:
     try:
-        from llmcompressor import oneshot as lc_oneshot
-        from llmcompressor.modifiers.pruning import WandaPruningModifier
-        from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+        import llmcompressor  # noqa: F401
     except ImportError as exc:
         print(f"\nllm-compressor part skipped: llmcompressor is not importable here ({exc}). "
               "It pins an older transformers than prunus's environment, so install it in a separate "
               "environment (pip install llmcompressor) and run --part llmcompressor there.")
         return
-    import contextlib
-    import io
     import tempfile
 
-    import torch
-    from datasets import Dataset
     from loguru import logger  # llm-compressor's logger: its per-layer lines would flood the tables
 
     logger.disable("llmcompressor")
     logger.disable("compressed_tensors")
 
     from prunus.text import evaluate_lm
-    from prunus.weights import oneshot
     from prunus.weights.calibration import stdlib_calibration
 
     gpt, tokenizer, corpus, held = lm_setup(args)
@@ -289,7 +288,8 @@ def llmcompressor(args) -> None:
     tokenizer.save_pretrained(config_dir)
     dense.config._name_or_path = config_dir  # llm-compressor re-reads the config from there
     print(f"\nllm-compressor side by side: gpt_small (Conv1D as Linear), dense perplexity {base:.2f}; "
-          "seconds are each tool's whole one-shot call (llm-compressor's includes its data pipeline)")
+          "seconds are each tool's whole one-shot call (llm-compressor's includes its data pipeline), "
+          f"median of {args.repeats} alternating runs")
     rows = [["dense", "-", f"{base:.2f}", "-", f"{base:.2f}", "-", f"{block_zeros(dense):.3f}", "-"]]
     lc_settings = [s for s in settings(args) if s[0] in ("0.5", "2:4", "0.7")]
     calibrations = {s: stdlib_calibration(tokenizer, samples=args.samples, context_length=args.lm_context,
@@ -299,27 +299,22 @@ def llmcompressor(args) -> None:
             ours, theirs, our_s, their_s, their_sparsity = [], [], [], [], []
             for seed in args.seeds:
                 batches = calibrations[seed]
-                ids = torch.cat(batches)
-                model = copy.deepcopy(dense)
-                result = oneshot(model, batches, sparsity, method, pattern)
-                ours.append(evaluate_lm(model, held)[0])
-                our_s.append(result.seconds)
-                model = copy.deepcopy(dense)
-                data = Dataset.from_dict({"input_ids": ids.tolist(),
-                                          "attention_mask": torch.ones_like(ids).tolist()})
-                cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
-                modifier = cls(sparsity=0.5 if sparsity is None else sparsity,
-                               mask_structure="0:0" if pattern == "unstructured" else pattern,
-                               targets=["Linear"], ignore=["re:.*lm_head"])
-                t = time.perf_counter()
-                with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-                    lc_oneshot(model=model, tokenizer=tokenizer, dataset=data, recipe=[modifier],
-                               num_calibration_samples=len(ids), max_seq_length=args.lm_context,
-                               batch_size=batches[0].shape[0], pipeline="sequential",
-                               sequential_targets=["GPT2Block"])
-                their_s.append(time.perf_counter() - t)
-                theirs.append(evaluate_lm(model, held)[0])
-                their_sparsity.append(block_zeros(model))
+
+                prunus_run = functools.partial(prunus_prune, dense, batches, sparsity, method, pattern)
+                llmc_run = functools.partial(llmc_prune, dense, tokenizer, batches, sparsity, method,
+                                             pattern, args.lm_context)
+                # alternate which tool goes first, so load drifts on a shared machine hit both
+                mine, other = [], []
+                for repeat in range(args.repeats):
+                    for tool in ((prunus_run, llmc_run) if repeat % 2 == 0 else (llmc_run, prunus_run)):
+                        model, seconds = tool()
+                        (mine if tool is prunus_run else other).append((model, seconds))
+                ours.append(evaluate_lm(mine[0][0], held)[0])
+                our_s.append(statistics.median(s for _, s in mine))
+                theirs.append(evaluate_lm(other[0][0], held)[0])
+                their_s.append(statistics.median(s for _, s in other))
+                their_sparsity.append(block_zeros(other[0][0]))
+                del mine, other
             rows.append([label, method, cell(ours, 2), f"{statistics.mean(our_s):.1f}", cell(theirs, 2),
                          f"{statistics.mean(their_s):.1f}", f"{statistics.mean(their_sparsity):.3f}",
                          f"{statistics.mean(their_s) / statistics.mean(our_s):.2f}x"])
@@ -327,6 +322,43 @@ def llmcompressor(args) -> None:
     print_table("prunus vs llm-compressor on gpt_small (perplexity; speed = their seconds / ours)",
                 ["sparsity", "method", "prunus ppl", "prunus s", "llm-compressor ppl", "llmc s",
                  "llmc zeros", "speed"], rows)
+
+
+def prunus_prune(dense, batches, sparsity, method, pattern):
+    """prunus's one-shot on a copy of ``dense``: ``(model, seconds)``."""
+    from prunus.weights import oneshot
+
+    model = copy.deepcopy(dense)
+    result = oneshot(model, batches, sparsity, method, pattern)
+    return model, result.seconds
+
+
+def llmc_prune(dense, tokenizer, batches, sparsity, method, pattern, context):
+    """llm-compressor's one-shot (sequential pipeline, GPT-2 blocks) on a copy of ``dense``:
+    ``(model, seconds)`` of its whole call."""
+    import contextlib
+    import io
+
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot as lc_oneshot
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+
+    model = copy.deepcopy(dense)
+    ids = torch.cat(batches)
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
+    cls = WandaPruningModifier if method == "wanda" else SparseGPTModifier
+    modifier = cls(sparsity=0.5 if sparsity is None else sparsity,
+                   mask_structure="0:0" if pattern == "unstructured" else pattern,
+                   targets=["Linear"], ignore=["re:.*lm_head"])
+    t = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        lc_oneshot(model=model, tokenizer=tokenizer, dataset=data, recipe=[modifier],
+                   num_calibration_samples=len(ids), max_seq_length=context,
+                   batch_size=batches[0].shape[0], pipeline="sequential",
+                   sequential_targets=["GPT2Block"])
+    return model, time.perf_counter() - t
 
 
 def block_zeros(model) -> float:
