@@ -335,3 +335,24 @@ def test_pair_loss_increase_equals_a_by_hand_ranking_loss(embedding):
     assert list(table.ids) == list(range(16))
     with pytest.raises(PrunusError, match="unit must be one of: examples, steps"):
         recover(copy.deepcopy(pruned), pairs, 10, unit="tokens")
+
+
+def test_pair_fine_tune_trains_the_by_hand_ranking_loss_with_masks_exact(embedding):
+    import torch.nn.functional as F
+
+    _, pruned, pairs = embedding
+    model = copy.deepcopy(pruned)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    masks = masks_of(model)
+    with torch.no_grad():  # one batch of all 16 rows: its mean loss does not depend on order
+        q = model.encode(pairs.queries, convert_to_tensor=True)
+        d = model.encode(pairs.corpus, convert_to_tensor=True)
+        logits = 20.0 * F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).T
+        by_hand = float(F.cross_entropy(logits, torch.arange(16)))
+    result = recover(model, pairs, 2, "all", unit="steps", fraction=1.0, batch_size=16, lr=1e-3)
+    assert result.train["steps"] == 2 and result.train["examples"] == 32
+    assert result.train["texts"] == 64
+    assert abs(result.train["train_loss"][0] - by_hand) < 1e-4
+    _check_masks_hold(model, masks)

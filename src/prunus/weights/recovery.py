@@ -500,92 +500,83 @@ def pair_losses(
 ) -> tuple[np.ndarray, int]:
     """Per-pair multiple-negatives ranking loss (Henderson et al. 2017) under a fixed batching.
 
-    Rows are taken in order in chunks of ``batch_size``; a chunk's candidates are its
-    positives followed by its rows' own negatives (``-1`` = none), and
-    ``ℓ(i) = −log softmax_j(scale · cos(q_i, c_j))[pos(i)]`` with the other copies of the
-    row's positive removed, as in :func:`prunus.negatives.train.fine_tune`. Returns the losses
-    and the number of texts encoded.
+    Rows are taken in order in chunks of ``batch_size``; each chunk's loss is
+    :meth:`prunus.negatives.train.Contrastive.losses` (candidates: the chunk's positives then
+    its rows' own negatives, ``-1`` = none; ``ℓ(i) = −log softmax_j(scale · cos(q_i, c_j))[pos(i)]``
+    with the other copies of the row's positive removed), the same loss the fine-tune trains.
+    Returns the losses and the number of texts encoded.
     """
-    from prunus.negatives.train import encode_for_training
+    from prunus.negatives.train import Contrastive
 
+    task = Contrastive(model, pairs, train_layers=None, scale=scale)
+    x, y = task.tensors(pairs, torch.device("cpu"))
     was_training = model.training
     model.eval()
     out, texts = [], 0
     try:
         for begin in range(0, len(pairs.queries), batch_size):
-            rows = np.arange(begin, min(begin + batch_size, len(pairs.queries)))
-            loss, n = _pair_batch_loss(model, pairs, rows, scale, encode_for_training, "none")
-            out.append(loss.double().cpu().numpy())
-            texts += n
+            rows = slice(begin, begin + batch_size)
+            out.append(task.losses(model, x[rows], y[rows], None).double().cpu().numpy())
+            texts += 2 * len(x[rows]) + int((y[rows, 1:] >= 0).sum())
     finally:
         model.train(was_training)
     return np.concatenate(out), texts
 
 
-def _pair_batch_loss(model, pairs, rows, scale, encode, reduction):
-    """The ranking loss of one batch of pair rows and the texts it encoded."""
-    import torch.nn.functional as F
-
-    negatives = pairs.negative_rows[rows].ravel()
-    candidates = np.concatenate([pairs.positive_rows[rows], negatives[negatives >= 0]])
-    anchors = encode(model, [pairs.queries[i] for i in rows])
-    docs = encode(model, [pairs.corpus[r] for r in candidates])
-    index = torch.arange(len(rows), device=anchors.device)
-    ids = torch.as_tensor(candidates, device=anchors.device)
-    drop = ids[None, :] == ids[index][:, None]  # the positive's own copies
-    drop[index, index] = False
-    logits = scale * (F.normalize(anchors, dim=-1) @ F.normalize(docs, dim=-1).T)
-    logits = logits.masked_fill(drop, -torch.inf)
-    return F.cross_entropy(logits, index, reduction=reduction), len(rows) + len(candidates)
+def _pair_examples(n: int, steps: int, batch_size: int) -> int:
+    """The pairs that make the Trainer take exactly ``steps`` steps over ``n`` rows (each
+    pass ``⌈n / batch_size⌉`` batches, its last one short)."""
+    passes, rest = divmod(steps, math.ceil(n / batch_size))
+    return passes * n + rest * batch_size
 
 
 def _train_pairs(model, pairs, ids, *, examples, steps, settings, scale) -> dict[str, Any]:
-    """AdamW on the trainable parameters over the chosen pair rows (seeded order, a fresh
-    permutation each pass) for exactly ``examples`` pairs or ``steps`` steps."""
-    from prunus.config import TrainConfig
-    from prunus.negatives.train import encode_for_training
-    from prunus.text.task import CausalLM
-    from prunus.train.trainer import build_optimizer, build_scheduler
+    """The multiple-negatives ranking loss (:class:`~prunus.negatives.train.Contrastive`) on
+    the one :class:`~prunus.train.Trainer` over the chosen pair rows (AdamW, seeded order, a
+    fresh permutation each pass) for exactly ``examples`` pairs or ``steps`` steps; only the
+    parameters left trainable by :class:`_Trainable` are optimised."""
+    from prunus.negatives.train import Contrastive, TrainingPairs
+    from prunus.train.events import Callback
+    from prunus.train.trainer import Trainer
 
-    batch_size, seed = settings["batch_size"], settings["seed"]
-    rng = np.random.default_rng(seed)
-    plan: list[np.ndarray] = []
-    left = examples
-    while (left is None or left > 0) and (steps is None or len(plan) < steps):
-        order = ids[rng.permutation(len(ids))]
-        for begin in range(0, len(order), batch_size):
-            batch = order[begin : begin + batch_size]
-            if left is not None:
-                batch = batch[:left]
-                left -= len(batch)
-            plan.append(batch)
-            if (left is not None and left <= 0) or (steps is not None and len(plan) >= steps):
-                break
-    config = TrainConfig(optimizer="adamw", lr=settings["lr"], betas=[0.9, 0.95],
-                         weight_decay=settings["weight_decay"], schedule=settings["schedule"],
-                         warmup=settings["warmup"])
-    # the LM task's parameter groups: no decay on biases, norms and embeddings
-    optimizer = build_optimizer(model, config, CausalLM())
-    scheduler = build_scheduler(optimizer, config, len(plan))
-    losses, texts = [], 0
+    class Recovery(Contrastive):
+        def parameter_groups(self, model, weight_decay):
+            """The trainable parameters in the LM task's groups: no decay on biases, norms
+            and embeddings."""
+            from prunus.text.task import CausalLM
+
+            return CausalLM().parameter_groups(model, weight_decay)
+
+        def train_mode(self, model):
+            model.train()
+
+    class Steps(Callback):
+        def __init__(self):
+            self.losses, self.texts = [], 0
+
+        def on_after_step(self, state):
+            self.losses.append(float(state.loss.detach()))
+            self.texts += 2 * len(state.batch) + int((state.batch.y[:, 1:] >= 0).sum())
+
+    chosen = TrainingPairs([pairs.queries[i] for i in ids], pairs.positive_rows[ids],
+                           pairs.negative_rows[ids], pairs.corpus)
+    batch_size = settings["batch_size"]
+    if examples is None:
+        examples = _pair_examples(len(ids), steps, batch_size)
+    record = Steps()
+    device = getattr(model, "device", None) or next(model.parameters()).device
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model.train()
-        for batch in plan:
-            loss, n = _pair_batch_loss(model, pairs, batch, scale, encode_for_training, "mean")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings["grad_clip"] is not None:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], settings["grad_clip"]
-                )
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            texts += n
+        Trainer(
+            model, chosen, [record], task=Recovery(model, chosen, train_layers=None, scale=scale),
+            examples=examples, batch_size=batch_size, optimizer="adamw", lr=settings["lr"],
+            betas=[0.9, 0.95], weight_decay=settings["weight_decay"],
+            schedule=settings["schedule"], warmup=settings["warmup"],
+            grad_clip=settings["grad_clip"], seed=settings["seed"], device=str(device),
+            eval_each_epoch=False,
+        ).fit()
     model.eval()
-    return {"steps": len(plan), "examples": int(sum(len(b) for b in plan)), "texts": texts,
-            "train_loss": losses}
+    return {"steps": len(record.losses), "examples": int(examples), "texts": record.texts,
+            "train_loss": record.losses}
 
 
 # --------------------------------------------------------------------------- parameters
