@@ -139,6 +139,15 @@ def test_grid_adds_full_pool_target_random_and_random_token_baselines():
     assert len({r.run_id for r in runs}) == len(runs) == 14
 
 
+def test_every_keep_gets_its_own_random_baseline():
+    runs, _ = expand_grid(parse_config(study(keep=[0.1, 0.25], policies=[{"lm": "dsir"}])), {})
+    by_label = {r.policy: r for r in runs if r.seed == 0}
+    assert {"random, keep 10%", "random, keep 25%"} <= set(by_label)
+    assert by_label["random, keep 10%"].train["keep"] == 0.1
+    assert by_label["random, keep 25%"].train["keep"] == 0.25
+    assert by_label["DSIR, keep 25%"].random_baseline == "random, keep 25%"
+
+
 # -- one run ----------------------------------------------------------------------------------
 
 

@@ -95,7 +95,7 @@ BAD = [  # (change to a valid study, the sentence's exact start)
     ({"execution": {"workers": 0}},
      "execution.workers: Input should be greater than or equal to 1 (got 0)."),
     ({"policies": [{"score": "el2n", "online": "rs2"}]},
-     "policies[0] needs exactly one of score, scores, online, weights, negatives or lm."),
+     "policies[0] needs exactly one of score, scores, online, weights, negatives, lm or oneshot."),
     ({"policies": [{"score": "el2n", "train": {"lr": -1}}]},
      "policies[0] setting lr: Input should be greater than 0 (got -1)."),
     ({"policies": [{"score": "el2n", "proxy": {"seeds": []}}]},

@@ -52,6 +52,7 @@ FULL, RANDOM, STATIC, ONLINE, NEGATIVES = "full", "random", "static", "online", 
 LM = "lm"  # a language-model data arm (a selection policy or the target sample)
 SHORT = "short"  # full data on a schedule shortened to another arm's compute
 LABELS = "labels"  # a label-issue arm: flagged examples removed or relabelled, or as many at random
+ONESHOT = "oneshot"  # a pretrained model pruned one-shot, then recovered on chosen data (or not)
 CLASSIFICATION, RETRIEVAL, LANGUAGE = "classification", "retrieval", "lm"
 DENSE, WEIGHTS = "dense", "weights"
 FULL_LABEL, RANDOM_LABEL = "full data", "random"
@@ -63,7 +64,7 @@ EVALUATIONS_PER_FULL_RUN = 20  # the compute cadence: every 1/20 of the full-dat
 class DataArm:
     """Which examples a run trains on."""
 
-    kind: str  # full | random | static | online | negatives | short | labels | lm
+    kind: str  # full | random | static | online | negatives | short | labels | lm | oneshot
     label: str
     keep: float = 1.0
     matches: str | None = None  # the policy whose measured backprop count this arm trains for
@@ -171,6 +172,7 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str],
                     planned.append((setting, dataset_spec, model_spec, arm, seed, job, size))
     own_tasks = [negatives_arms(config)] if config.has_negatives else []
     own_tasks += [lm_arms(config)] if config.has_lm else []
+    own_tasks += [oneshot_arms(config)] if config.has_oneshot else []
     for arms_by_setting in own_tasks:
         for seed in config.seeds:
             for setting, (dataset_spec, model_spec, setting_arms) in arms_by_setting.items():
@@ -183,7 +185,7 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str],
     runs: list[RunSpec] = []
     run_of: dict[tuple[str, str, int], str] = {}  # (setting, policy, seed) -> run_id
     for index, (setting, dataset_spec, model_spec, arm, seed, job, size) in enumerate(planned):
-        if arm.task in (RETRIEVAL, LANGUAGE):
+        if arm.task in (RETRIEVAL, LANGUAGE, ONESHOT):
             train = json.loads(arm.train)
             identity = {"task": arm.task, "data": asdict(arm.data), "seed": seed,
                         "settings": train}
@@ -191,9 +193,9 @@ def expand_grid(config: StudyConfig, fingerprints: dict[str, str],
                 identity["negatives"] = identity.pop("settings")
             runs.append(RunSpec(
                 run_id=digest(identity, 12), index=index, setting=setting,
-                dataset=dataset_spec, model=model_spec, data=arm.data,
-                weights=WeightArm(DENSE, DENSE_LABEL, baseline=True), seed=seed, train=train,
-                task=arm.task, random_baseline=arm.random,
+                dataset=dataset_spec, model=model_spec, data=arm.data, weights=arm.weights,
+                seed=seed, train=train, task=arm.task, random_baseline=arm.random,
+                compute_baseline=arm.compute,
             ))
             continue
         train = {**config.train.model_dump(exclude={"seed"}), **json.loads(arm.train)}
@@ -370,11 +372,81 @@ def lm_arms(config: StudyConfig) -> dict[str, tuple[dict, dict, list[Arm]]]:
         if setting not in out:
             out[setting] = ({"name": values["corpus"], "options": values["corpus_options"]},
                             {"name": values["model"], "options": values["model_options"]}, [])
-        if (setting, data.label) in seen:  # one random-tokens baseline per share
+        label = arm_label(data, dense)
+        if (setting, label) in seen:  # one random-tokens baseline per share
             continue
-        seen.add((setting, data.label))
+        seen.add((setting, label))
         out[setting][2].append(Arm(data, dense, canonical(values), task=LANGUAGE, random=random))
     return out
+
+
+def oneshot_arms(config: StudyConfig) -> dict[str, tuple[dict, dict, list[Arm]]]:
+    """Setting label -> (corpus, model, arms) of a one-shot study: prunings × recoveries.
+
+    For every oneshot policy, sparsity (or N:M pattern) and recovery-data policy (``none``,
+    ``random`` and those of ``oneshot.recoveries``) one arm. Baselines on both axes: the dense
+    model (the reference) and the dense model given the random recovery (the same fine-tune
+    without pruning: how much of a recovery is just more training), **random pruning** at the same layer sparsities and pattern with the
+    same recovery (every arm's ``random`` rival), and on the data axis each recovery is judged
+    against the same pruning recovered on **random data of the same size** for the same tokens
+    (``random`` recovery against **no recovery**) — its ``compute`` rival, named in the report.
+    """
+    from prunus.weights.nm import pattern_sparsity
+    from prunus.weights.study import check_oneshot_config
+
+    def settings(method: str, options: dict, sparsity: float | None, recovery: str) -> dict:
+        values = config.oneshot_of(method, options, sparsity, recovery)
+        return check_oneshot_config(values).model_dump(mode="json")
+
+    def name(head: str, values: dict, recovery: str) -> str:
+        amount = (f"sparsity {percent(values['sparsity'])}" if values["pattern"] ==
+                  "unstructured" else values["pattern"])
+        tail = "" if recovery == "none" else f" + {display_name(recovery)} recovery"
+        return f"{head}, {amount}{tail}"
+
+    recoveries = config.oneshot_recoveries
+    dense_values = settings("dense", {}, None, "none")
+    entries: list[tuple[DataArm, WeightArm, dict, str | None, str | None]] = [
+        (DataArm(FULL, DENSE_LABEL, method="dense", baseline=True),
+         WeightArm(DENSE, DENSE_LABEL, baseline=True), dense_values, None, None),
+        (DataArm(ONESHOT, f"{DENSE_LABEL} + random recovery", method="random", baseline=True),
+         WeightArm(DENSE, DENSE_LABEL, baseline=True), settings("dense", {}, None, "random"),
+         None, None)]
+    seen: dict[str, str] = {}  # label -> settings, so that a label names one arm only
+    for policy in (p for p in config.policies if p.kind == "oneshot"):
+        for sparsity in config.oneshot_sparsities_of(policy):
+            for recovery in recoveries:
+                values = settings(policy.oneshot, policy.options, sparsity, recovery)
+                random_values = settings("random", policy.options, sparsity, recovery)
+                owl = " (OWL)" if values["layer_sparsity"] == "owl" else ""
+                random_label = name(f"{RANDOM_PRUNING_LABEL}{owl}", random_values, recovery)
+                if seen.get(random_label, canonical(random_values)) != canonical(random_values):
+                    random_label = name(f"{RANDOM_PRUNING_LABEL}{owl} [{policy.display}]",
+                                        random_values, recovery)
+                rival = {"none": None, "random": "none"}.get(recovery, "random")
+                compute = None if rival is None else name(policy.display, values, rival)
+                shown = values["sparsity"] if values["pattern"] == "unstructured" else \
+                    pattern_sparsity(values["pattern"], None)
+                baseline_data = recovery in ("none", "random")
+                if random_label not in seen:
+                    seen[random_label] = canonical(random_values)
+                    entries.append((
+                        DataArm(ONESHOT, random_label, method=recovery, baseline=baseline_data),
+                        WeightArm(WEIGHTS, RANDOM_PRUNING_LABEL, sparsity=shown, method="random",
+                                  options=canonical(policy.options), baseline=True),
+                        random_values, None, None))
+                entries.append((
+                    DataArm(ONESHOT, name(policy.display, values, recovery), method=recovery,
+                            baseline=baseline_data),
+                    WeightArm(WEIGHTS, policy.display, sparsity=shown, method=policy.oneshot,
+                              options=canonical(policy.options)),
+                    values, random_label, compute))
+    setting = f"stdlib / {dense_values['model']}"
+    arms = [Arm(data, weights, canonical(values), task=ONESHOT, random=random, compute=compute)
+            for data, weights, values, random, compute in entries]
+    return {setting: ({"name": "stdlib", "options": dense_values["corpus_options"]},
+                      {"name": dense_values["model"], "options": dense_values["model_options"]},
+                      arms)}
 
 
 def study_arms(config: StudyConfig) -> list[Arm]:
@@ -548,7 +620,7 @@ def score_job(config: StudyConfig, policy: PolicyConfig, dataset: dict[str, Any]
 def arm_label(data: DataArm, weights: WeightArm) -> str:
     """``full data``; ``EL2N-hardest, keep 50%``; ``magnitude, sparsity 80%``; or both.
     Negatives and language-model arms are named by their own label (which says its share)."""
-    if data.kind in (NEGATIVES, LM) or (data.method is not None and data.keep == 1.0
+    if data.kind in (NEGATIVES, LM, ONESHOT) or (data.method is not None and data.keep == 1.0
                                   and data.kind in (FULL, RANDOM)):
         return data.label
     if data.kind in (SHORT, LABELS) or data.matches is not None:

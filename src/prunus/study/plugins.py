@@ -61,6 +61,13 @@ def run_lm(config: dict[str, Any], seed: int) -> dict[str, Any]:
     return run_lm_policy(config, seed=seed)
 
 
+def run_oneshot(config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``prunus.weights.study.run_oneshot_policy(...)``: prune, recover, evaluate one arm."""
+    from prunus.weights.study import run_oneshot_policy
+
+    return run_oneshot_policy(config, seed=seed)
+
+
 def compute_scores(dataset, *, model: str, method: str, epochs: int, seeds: list[int],
                    **settings: Any):
     """``prunus.data.score(...)``: a score table from short proxy runs."""

@@ -24,6 +24,7 @@ from prunus.study.grid import (
     FULL,
     LABELS,
     LANGUAGE,
+    ONESHOT,
     ONLINE,
     RANDOM,
     RETRIEVAL,
@@ -84,6 +85,8 @@ def execute_run(
         return execute_negatives_run(spec, report)
     if spec.task == LANGUAGE:
         return execute_lm_run(spec, report)
+    if spec.task == ONESHOT:
+        return execute_oneshot_run(spec, report)
     dataset = load_dataset(spec.dataset)
     recorder = Recorder(spec, report)
     charge = 0.0, 0.0  # the whole score table: what a user running this arm once pays
@@ -203,6 +206,44 @@ def execute_lm_run(spec: RunSpec, report: Reporter) -> list[dict[str, Any]]:
     report("epoch_end", {"run_id": spec.run_id, "epoch": 1, "accuracy": rows[-1]["accuracy"]})
     report("run_end", {"run_id": spec.run_id, "status": status})
     return rows
+
+
+def execute_oneshot_run(spec: RunSpec, report: Reporter) -> list[dict[str, Any]]:
+    """Prune, recover and evaluate one one-shot arm (``prunus.weights.study``): one row.
+
+    ``accuracy`` holds the held-out perplexity after recovery (its ``metric``, lower is
+    better); ``metrics`` the perplexity before recovery and the dense model's. Cost: pruning
+    (``selection_seconds``), scoring the recovery candidates (``scoring_seconds``) and the
+    recovery fine-tune (``train_seconds``), each charged in full; ``examples_*`` count tokens.
+    """
+    from prunus.weights.study import QUALITY_METRIC
+
+    report("fit_start", {"run_id": spec.run_id, "epochs": 1})
+    status, error, result = "ok", "", {}
+    try:
+        result = plugins.run_oneshot(spec.train, spec.seed)
+    except Exception as exc:  # noqa: BLE001 - a broken run is a result
+        status, error = "failed", failure_reason(exc)
+    trained = int(result.get("training_tokens", 0))
+    entry = {
+        "epoch": 1 if status == "ok" else 0, "end_of_epoch": True,
+        "accuracy": result.get("perplexity", float("nan")),
+        "train_seconds": result.get("recovery_seconds", 0.0),
+        "eval_seconds": result.get("eval_seconds", 0.0),
+        "examples_forwarded": trained + int(result.get("scoring_tokens", 0)),
+        "examples_backpropagated": trained, "flops": result.get("flops", 0.0),
+        "achieved_sparsity": result.get("achieved_sparsity", 0.0),
+        "density": 1.0 - result.get("achieved_sparsity", 0.0),
+    }
+    row = make_row(spec, entry, status, error, 0, result.get("prune_seconds", 0.0),
+                   (result.get("scoring_seconds", 0.0), 0.0))
+    row.update(final=True, metric=QUALITY_METRIC, metrics=json.dumps({
+        "perplexity before recovery": result.get("pruned_perplexity", float("nan")),
+        "dense perplexity": result.get("dense_perplexity", float("nan")),
+    }, sort_keys=True))
+    report("epoch_end", {"run_id": spec.run_id, "epoch": 1, "accuracy": row["accuracy"]})
+    report("run_end", {"run_id": spec.run_id, "status": status})
+    return [row]
 
 
 def apply_data_arm(spec: RunSpec, dataset, scores) -> tuple[Any, list]:

@@ -146,6 +146,7 @@ class PolicyConfig(StrictModel):
     weights: str | None = None
     negatives: str | None = None
     lm: str | None = None
+    oneshot: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     keep: list[Fraction] | None = None
     sparsity: list[Sparsity] | None = None
@@ -161,12 +162,13 @@ class PolicyConfig(StrictModel):
                                  "precomputed table), not both")
             kinds.append("scores")
         if len(kinds) != 1:
-            raise ValueError("needs exactly one of score, scores, online, weights, negatives "
-                             "or lm")
+            raise ValueError("needs exactly one of score, scores, online, weights, negatives, "
+                             "lm or oneshot")
         if self.kind != "static" and self.select_options:
             raise ValueError("select_options applies only to static (score) policies")
-        if self.kind in ("negatives", "lm"):
-            names = ("keep", "sparsity") if self.kind == "negatives" else ("sparsity",)
+        if self.kind in ("negatives", "lm", "oneshot"):
+            names = {"negatives": ("keep", "sparsity"), "lm": ("sparsity",),
+                     "oneshot": ("keep",)}[self.kind]
             for name in names:
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name} does not apply to a {self.kind} policy")
@@ -201,19 +203,21 @@ class PolicyConfig(StrictModel):
         return self.kind == "static" and self.select in LABEL_SELECTS
 
     @property
-    def kind(self) -> Literal["static", "online", "weights", "negatives", "lm"]:
+    def kind(self) -> Literal["static", "online", "weights", "negatives", "lm", "oneshot"]:
         if self.score is not None or self.scores is not None:
             return "static"
         if self.online is not None:
             return "online"
         if self.weights is not None:
             return "weights"
-        return "negatives" if self.negatives is not None else "lm"
+        if self.negatives is not None:
+            return "negatives"
+        return "lm" if self.lm is not None else "oneshot"
 
     @property
     def method(self) -> str:
         return (self.score or self.scores or self.online or self.weights or self.negatives
-                or self.lm or "")
+                or self.lm or self.oneshot or "")
 
     @property
     def display(self) -> str:
@@ -228,7 +232,7 @@ class PolicyConfig(StrictModel):
         return display_name(self.method)
 
 
-KINDS = ("score", "online", "weights", "negatives", "lm")
+KINDS = ("score", "online", "weights", "negatives", "lm", "oneshot")
 LABEL_SCORE = "label_issue"  # the score method whose table has is_issue and suggested_label
 LABEL_SELECTS = ("remove_issues", "relabel_issues")
 
@@ -262,6 +266,7 @@ class StudyConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     negatives: dict[str, Any] = Field(default_factory=dict)
     lm: dict[str, Any] = Field(default_factory=dict)
+    oneshot: dict[str, Any] = Field(default_factory=dict)
     policies: list[PolicyConfig] = Field(default_factory=list)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
@@ -314,16 +319,17 @@ class StudyConfig(StrictModel):
     @model_validator(mode="after")
     def _policies(self) -> StudyConfig:
         own_task_only = bool(self.policies) and all(
-            p.kind in ("negatives", "lm") for p in self.policies)
+            p.kind in OWN_TASK_KINDS for p in self.policies)
         for name in ("datasets", "models"):
             if not getattr(self, name) and not own_task_only:
                 raise PolicyError(f"{name} must list at least one entry (only a study of "
-                                  "negatives or lm policies alone may leave it out).")
+                                  "negatives, lm or oneshot policies alone may leave it "
+                                  "out).")
         for i, target in enumerate(self.targets):
-            if self.has_lm and TARGET_PATTERN.match(str(target)):
-                raise PolicyError(f"targets[{i}]: an lm study's metric is perplexity (lower is "
+            if self.lower_is_better and TARGET_PATTERN.match(str(target)):
+                raise PolicyError(f"targets[{i}]: this study's metric is perplexity (lower is "
                                   f"better): use perplexities or 'full+<N>%' (got {target!r}).")
-            if not self.has_lm and (RELATIVE_TARGET.match(str(target)) or
+            if not self.lower_is_better and (RELATIVE_TARGET.match(str(target)) or
                                     not isinstance(target, str) and target > 1):
                 raise PolicyError(f"targets[{i}] must be an accuracy in (0, 1] or "
                                   f"'full-<N>pp' such as 'full-1pp' (got {target!r}).")
@@ -331,6 +337,8 @@ class StudyConfig(StrictModel):
             check_negatives("negatives", self.negatives, {})
         if self.lm:
             check_lm("lm", self.lm, {})
+        if self.oneshot:
+            check_oneshot("oneshot", self.oneshot, {})
         seen: dict[str, int] = {}
         for i, policy in enumerate(self.policies):
             where = f"policies[{i}]"
@@ -344,6 +352,18 @@ class StudyConfig(StrictModel):
                                       "trains on the whole pool; set options.token_keep.")
                 for keep in self.lm_keeps_of(policy):
                     check_lm(f"{where}.options", self.lm, policy.options, policy.lm, keep)
+            elif policy.kind == "oneshot":
+                sparsities = self.oneshot_sparsities_of(policy)
+                if sparsities == [None] and policy.sparsity is not None:
+                    raise PolicyError(f"{where}.sparsity does not apply to an N:M pattern, "
+                                      "whose sparsity is N/M; remove it.")
+                if not sparsities:
+                    raise PolicyError(f"{where}.sparsity must list at least one sparsity in "
+                                      "(0, 1) (or set the study's sparsity list, or an N:M "
+                                      "pattern).")
+                for sparsity in self.oneshot_sparsities_of(policy):
+                    check_oneshot(f"{where}.options", self.oneshot, policy.options,
+                                  policy.oneshot, sparsity)
             else:
                 check_method(policy, where, self.keeps_of(policy), self.sparsities_of(policy))
             if policy.kind == "static":
@@ -395,9 +415,42 @@ class StudyConfig(StrictModel):
     def has_negatives(self) -> bool:
         return any(p.kind == "negatives" for p in self.policies)
 
+    def oneshot_sparsities_of(self, policy: PolicyConfig) -> list[float | None]:
+        """The sparsities a oneshot policy prunes to: its (or the study's) sparsity list, or
+        one ``None`` for an N:M pattern, whose sparsity is N/M."""
+        if {**self.oneshot, **policy.options}.get("pattern", "unstructured") != "unstructured":
+            return [None]
+        return [float(s) for s in self.sparsities_of(policy)]
+
+    def oneshot_of(self, method: str, options: dict[str, Any] | None = None,
+                   sparsity: float | None = None, recovery: str = "none") -> dict[str, Any]:
+        """The settings of a oneshot run: the study's ``[oneshot]`` (its ``recoveries`` list
+        left out), then the policy's options, then the arm's method, sparsity and recovery."""
+        shared = {k: v for k, v in self.oneshot.items() if k != "recoveries"}
+        values = {**shared, **(options or {}), "method": method, "recovery": recovery}
+        if sparsity is not None:
+            values["sparsity"] = sparsity
+        return values
+
+    @property
+    def oneshot_recoveries(self) -> list[str]:
+        """The recovery-data policies of a oneshot study, ``none`` (the reference) and
+        ``random`` (the random baseline) always among them."""
+        named = self.oneshot.get("recoveries", ["random"])
+        return ["none", *dict.fromkeys(["random", *named])]
+
     @property
     def has_lm(self) -> bool:
         return any(p.kind == "lm" for p in self.policies)
+
+    @property
+    def has_oneshot(self) -> bool:
+        return any(p.kind == "oneshot" for p in self.policies)
+
+    @property
+    def lower_is_better(self) -> bool:
+        """Whether the study's metric is a perplexity (lm and oneshot studies)."""
+        return self.has_lm or self.has_oneshot
 
     def comparable(self) -> dict[str, Any]:
         """The settings that decide results (execution settings left out), for resume checks."""
@@ -410,7 +463,9 @@ RESERVED_LABELS = {
     "weights": ("dense", "random pruning"),
     "negatives": ("in-batch", "random", "pre-trained"),
     "lm": ("full pool", "random", "target sample", "random tokens"),
+    "oneshot": ("dense", "random pruning"),
 }
+OWN_TASK_KINDS = ("negatives", "lm", "oneshot")  # policies that need no datasets or models
 
 
 def check_train_overrides(train: dict[str, Any]) -> dict[str, Any]:
@@ -546,6 +601,35 @@ def check_lm(field: str, shared: dict[str, Any], options: dict[str, Any],
         check_lm_config({**shared, **options, "policy": policy or "full", "keep": keep})
     except PrunusError as exc:
         message = str(exc).rstrip(".").removeprefix("lm.")
+        raise PolicyError(f"{field}.{message}.") from None
+
+
+def check_oneshot(field: str, shared: dict[str, Any], options: dict[str, Any],
+                  method: str | None = None, sparsity: float | None = None) -> None:
+    """A oneshot policy's method and merged settings, validated now (one sentence per error)."""
+    from prunus.weights.pretrained import METHODS
+    from prunus.weights.study import RECOVERIES, check_oneshot_config
+
+    chosen = [m for m in METHODS if m != "random"]
+    if method is not None and method not in chosen:
+        raise PolicyError(str(choice_error(field.removesuffix(".options") + ".oneshot", method,
+                                           chosen)))
+    for name in ("method", "recovery", "sparsity", "recoveries"):
+        if name in options or (name in shared and name != "recoveries"):
+            raise PolicyError(f"{field}.{name} is set by the study's grid (the policy's name, "
+                              "its sparsity list and oneshot.recoveries); remove it.")
+    recoveries = shared.get("recoveries", ["random"])
+    if not isinstance(recoveries, list) or any(r not in RECOVERIES[1:] for r in recoveries):
+        raise PolicyError(f"oneshot.recoveries must be a list of {', '.join(RECOVERIES[1:])} "
+                          f"(got {recoveries!r}).")
+    values = {k: v for k, v in shared.items() if k != "recoveries"}
+    values = {**values, **options, "method": method or "dense"}
+    if sparsity is not None:
+        values["sparsity"] = sparsity
+    try:
+        check_oneshot_config(values)
+    except PrunusError as exc:
+        message = str(exc).rstrip(".").removeprefix("oneshot.")
         raise PolicyError(f"{field}.{message}.") from None
 
 

@@ -119,6 +119,8 @@ def comparison_text(c: Comparison, s: ArmSummary) -> str:
         rival = "dense" if s.data_kind == "full" else s.reference
         if s.metric != "accuracy":
             rival = s.reference
+    elif s.data_kind == "oneshot":  # two random axes: name the rival arm itself
+        rival = c.rival
     elif c.kind == "compute":
         rival = "same compute"
     else:
@@ -154,6 +156,8 @@ def verdict_word(c: Comparison) -> str:
 
 def cost_phrase(s: ArmSummary) -> str:
     """Cost (headline: everything paid once) and examples, relative to full data."""
+    if s.data_kind == "oneshot":
+        return oneshot_cost_phrase(s)
     if math.isnan(s.time_ratio.mean):
         return "cost n/a"
     reference = "full-data" if s.data_kind != "full" else "dense"
@@ -178,6 +182,17 @@ def cost_phrase(s: ArmSummary) -> str:
     if s.flops_theoretical and not math.isnan(s.flops_ratio.mean):
         text += f"; {s.flops_ratio.mean:.2f}× {reference} FLOPs (theoretical)"
     return text
+
+
+def oneshot_cost_phrase(s: ArmSummary) -> str:
+    """A one-shot arm's wall seconds per run, by phase (the dense reference costs nothing, so
+    there is no ratio to it)."""
+    prune, scoring = s.selection_seconds.mean, s.scoring_seconds.mean
+    recovery = s.cost_seconds.mean - prune - scoring
+    parts = [f"pruning {prune:.2f} s"] if prune > 0 else []
+    parts += [f"scoring {scoring:.2f} s"] if scoring > 0 else []
+    parts += [f"recovery {recovery:.2f} s"] if recovery > 0.005 else []
+    return f"{s.cost_seconds.mean:.2f} s per run ({', '.join(parts) or 'nothing'} paid in full)"
 
 
 def wins_text(w: WinRate | None) -> str:
