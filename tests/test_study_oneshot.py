@@ -139,3 +139,11 @@ def test_a_oneshot_study_end_to_end(tmp_path, monkeypatch):
     assert result.report.read_text(encoding="utf-8").count("Wanda, sparsity 50%") > 0
     resumed = run_study(parse_config(values), tmp_path / "out", resume=True, progress=False)
     assert resumed.ran == 0 and resumed.runs == 16
+
+
+def test_a_study_naming_no_targets_gets_a_perplexity_target():
+    values = study()
+    del values["targets"]
+    assert parse_config(values).targets == ["full+10%"]
+    lm = {"name": "lm", "lm": {}, "policies": [{"lm": "dsir"}]}
+    assert parse_config(lm).targets == ["full+10%"]

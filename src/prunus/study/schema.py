@@ -287,6 +287,16 @@ class StudyConfig(StrictModel):
             raise ValueError("must not repeat a value")
         return sorted(values)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _perplexity_targets(cls, values: Any) -> Any:
+        """An lm or oneshot study that names no targets gets a perplexity target."""
+        if isinstance(values, dict) and "targets" not in values and any(
+                isinstance(p, dict) and ("lm" in p or "oneshot" in p)
+                for p in values.get("policies") or []):
+            values = {**values, "targets": [DEFAULT_PERPLEXITY_TARGET]}
+        return values
+
     @field_validator("targets")
     @classmethod
     def _targets(cls, targets: list[float | str]) -> list[float | str]:
@@ -465,6 +475,7 @@ RESERVED_LABELS = {
     "lm": ("full pool", "random", "target sample", "random tokens"),
     "oneshot": ("dense", "random pruning"),
 }
+DEFAULT_PERPLEXITY_TARGET = "full+10%"  # an lm or oneshot study's targets, when it names none
 OWN_TASK_KINDS = ("negatives", "lm", "oneshot")  # policies that need no datasets or models
 
 
