@@ -10,3 +10,15 @@ def invoke(*args: str) -> int:
     except SystemExit as exc:
         return exc.code
     return 0
+
+
+def config_error(values: dict) -> str:
+    """The one-sentence error ``parse_config`` raises for a bad study (fails if none)."""
+    import pytest
+
+    from prunus.errors import PrunusError
+    from prunus.study.config import parse_config
+
+    with pytest.raises(PrunusError) as info:
+        parse_config(values)
+    return str(info.value)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import config_error
 
-from prunus.errors import PrunusError
 from prunus.study import run_study
 from prunus.study.config import parse_config
 from prunus.study.grid import FULL, LANGUAGE, LM, RANDOM, expand_grid
@@ -46,12 +46,6 @@ def study(**changes):
                            {"lm": "rho1", "options": {"token_keep": 0.5}}]}
     values.update(changes)
     return values
-
-
-def error_of(values) -> str:
-    with pytest.raises(PrunusError) as info:
-        parse_config(values)
-    return str(info.value)
 
 
 # -- lower is better ------------------------------------------------------------------------
@@ -116,7 +110,7 @@ def test_an_lm_only_study_needs_no_datasets_or_models():
     ({"policies": [{"lm": "dsir", "sparsity": [0.5]}]}, ["sparsity"]),
 ])
 def test_bad_lm_settings_are_one_sentence_naming_the_field(change, words):
-    message = error_of(study(**change))
+    message = config_error(study(**change))
     assert "\n" not in message
     for word in words:
         assert word in message

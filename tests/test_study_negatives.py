@@ -4,8 +4,8 @@ rows match prunus.negatives.run_policy called directly, and its report."""
 import json
 
 import pytest
+from helpers import config_error
 
-from prunus.errors import PrunusError
 from prunus.study import run_study
 from prunus.study.config import parse_config
 from prunus.study.grid import FULL, NEGATIVES, RANDOM, RETRIEVAL, expand_grid
@@ -26,12 +26,6 @@ def study(**changes):
     return values
 
 
-def error_of(values) -> str:
-    with pytest.raises(PrunusError) as info:
-        parse_config(values)
-    return str(info.value)
-
-
 def test_a_negatives_only_study_needs_no_datasets_or_models():
     config = parse_config(study())
     assert config.has_negatives and not config.datasets and not config.models
@@ -39,17 +33,17 @@ def test_a_negatives_only_study_needs_no_datasets_or_models():
 
 
 def test_bad_negatives_settings_name_the_field():
-    assert error_of(study(policies=[{"negatives": "hardest"}])).startswith(
+    assert config_error(study(policies=[{"negatives": "hardest"}])).startswith(
         "policies[0].negatives must be one of: in-batch, mined, mined-guided")
-    message = error_of(study(policies=[{"negatives": "mined", "options": {"margin": -1}}]))
+    message = config_error(study(policies=[{"negatives": "mined", "options": {"margin": -1}}]))
     assert message.startswith("policies[0].options.margin:") and "-1" in message
-    assert error_of(study(negatives={"margn": 0.1})) == (
+    assert config_error(study(negatives={"margn": 0.1})) == (
         "negatives.margn is not a known setting; remove it or check its spelling.")
-    assert "rank_range" in error_of(study(negatives={"rank_range": [5, 5]}))
-    assert "keep does not apply" in error_of(study(policies=[{"negatives": "mined", "keep": [0.5]}]))
-    assert error_of(study(policies=[{"negatives": "mined", "options": {"policy": "random"}}])) == (
+    assert "rank_range" in config_error(study(negatives={"rank_range": [5, 5]}))
+    assert "keep does not apply" in config_error(study(policies=[{"negatives": "mined", "keep": [0.5]}]))
+    assert config_error(study(policies=[{"negatives": "mined", "options": {"policy": "random"}}])) == (
         "policies[0].options.policy is set by the policy itself; remove it.")
-    assert error_of({"name": "x", "policies": []}).startswith("datasets must list at least one")
+    assert config_error({"name": "x", "policies": []}).startswith("datasets must list at least one")
 
 
 def test_grid_adds_in_batch_random_and_pretrained_baselines():

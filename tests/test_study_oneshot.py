@@ -4,8 +4,8 @@ axes, bad settings in one sentence, and a whole study end to end in seconds."""
 import json
 
 import pytest
+from helpers import config_error
 
-from prunus.errors import PrunusError
 from prunus.study import run_study
 from prunus.study.config import parse_config
 from prunus.study.grid import DENSE, FULL, ONESHOT, expand_grid
@@ -26,12 +26,6 @@ def study(**changes):
               "oneshot": dict(TINY), "policies": [{"oneshot": "wanda"}]}
     values.update(changes)
     return values
-
-
-def error_of(values) -> str:
-    with pytest.raises(PrunusError) as info:
-        parse_config(values)
-    return str(info.value)
 
 
 def test_grid_crosses_prunings_with_recoveries_and_adds_both_random_axes():
@@ -91,7 +85,7 @@ def test_an_nm_pattern_is_one_arm_and_owl_gets_random_pruning_at_owl_sparsities(
     ({"targets": ["full-1pp"]}, ["perplexity", "lower is better"]),
 ])
 def test_bad_oneshot_settings_are_one_sentence_naming_the_field(change, words):
-    message = error_of(study(**change))
+    message = config_error(study(**change))
     assert all(w in message for w in words), message
     assert message.count(". ") == 0 or message.endswith(".")
 

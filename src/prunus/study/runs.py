@@ -125,6 +125,17 @@ def execute_run(
 RETRIEVAL_METRIC = "ndcg@10"
 
 
+def run_own_task(spec: RunSpec, report: Reporter,
+                 runner: Callable[[dict[str, Any], int], dict[str, Any]]):
+    """``(status, error, result)`` of a task that runs whole in one call (retrieval, LM,
+    one-shot): ``runner(spec.train, spec.seed)``, its failure kept as a result."""
+    report("fit_start", {"run_id": spec.run_id, "epochs": 1})
+    try:
+        return "ok", "", runner(spec.train, spec.seed)
+    except Exception as exc:  # noqa: BLE001 - a broken run is a result
+        return "failed", failure_reason(exc), {}
+
+
 def execute_negatives_run(spec: RunSpec, report: Reporter) -> list[dict[str, Any]]:
     """Fine-tune and evaluate one negatives policy (``prunus.negatives.run_policy``): one row.
 
@@ -133,12 +144,7 @@ def execute_negatives_run(spec: RunSpec, report: Reporter) -> list[dict[str, Any
     pool and the evaluation corpus with the pre-trained model is common to every arm and
     cached across runs, so it is not charged (charging it would bill whichever arm ran first).
     """
-    report("fit_start", {"run_id": spec.run_id, "epochs": 1})
-    status, error, result = "ok", "", {}
-    try:
-        result = plugins.run_negatives(spec.train, spec.seed)
-    except Exception as exc:  # noqa: BLE001 - a broken run is a result
-        status, error = "failed", failure_reason(exc)
+    status, error, result = run_own_task(spec, report, plugins.run_negatives)
     pairs = int(result.get("train_pairs", 0))
     trained = pairs * int(spec.train["epochs"])
     entry = {
@@ -170,12 +176,7 @@ def execute_lm_run(spec: RunSpec, report: Reporter) -> list[dict[str, Any]]:
     """
     from prunus.text.study import TARGET_METRIC
 
-    report("fit_start", {"run_id": spec.run_id, "epochs": 1})
-    status, error, result = "ok", "", {}
-    try:
-        result = plugins.run_lm(spec.train, spec.seed)
-    except Exception as exc:  # noqa: BLE001 - a broken run is a result
-        status, error = "failed", failure_reason(exc)
+    status, error, result = run_own_task(spec, report, plugins.run_lm)
     trained = max(int(result.get("tokens_trained", 0)), 1)
     grad_share = result.get("tokens_with_grad", 0) / trained
     scoring = (result.get("scoring_seconds", 0.0), result.get("scoring_flops", 0.0))
@@ -218,12 +219,7 @@ def execute_oneshot_run(spec: RunSpec, report: Reporter) -> list[dict[str, Any]]
     """
     from prunus.weights.study import QUALITY_METRIC
 
-    report("fit_start", {"run_id": spec.run_id, "epochs": 1})
-    status, error, result = "ok", "", {}
-    try:
-        result = plugins.run_oneshot(spec.train, spec.seed)
-    except Exception as exc:  # noqa: BLE001 - a broken run is a result
-        status, error = "failed", failure_reason(exc)
+    status, error, result = run_own_task(spec, report, plugins.run_oneshot)
     trained = int(result.get("training_tokens", 0))
     entry = {
         "epoch": 1 if status == "ok" else 0, "end_of_epoch": True,
